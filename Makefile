@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (README).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= out/demo
+
+.PHONY: venv demo test bench clean
+
+$(BIN)/activate:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	touch $@
+
+$(VENV)/.installed: $(BIN)/activate setup.cfg constraints.txt
+	# DS_BUILD_OPS=0: DeepSpeed builds from its sdist with no CUDA ops (CPU accelerator).
+	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	HF_HUB_OFFLINE=1 $(BIN)/s2d demo --out $(OUT)
+
+test: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+bench: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run_all --out out/bench
+
+clean:
+	rm -rf $(VENV) out
