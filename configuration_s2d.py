@@ -1,0 +1,126 @@
+"""S2D-Align model configuration.
+
+Self-contained (imports only transformers and huggingface_hub) because `save_pretrained` copies this file
+into a Hub repo as remote code.
+"""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+CONNECTORS = ("sma", "sma_unshared", "sma_msa", "mlp", "qformer")
+MODALITIES = ("image", "reference", "keyphrases")
+
+
+@strict
+class S2DAlignConfig(PreTrainedConfig):
+    r"""
+    Configuration of an S2D-Align model (arXiv 2511.11066): a frozen image encoder (Dinov2 family, e.g. Rad-DINO),
+    a frozen text encoder (BERT family, e.g. CXR-BERT) for reference reports and key phrases, the Shallow-to-Deep
+    Memory Adapter (SMA) and a causal LLM (Llama family, e.g. Vicuna-7B-v1.5).
+
+    The defaults describe the real checkpoints: `microsoft/rad-dino` (ViT-B/14, 518 px, 1369 patch tokens, width
+    768), `microsoft/BiomedVLP-CXR-BERT-specialized` (BERT-base, stored as a plain `BertConfig`) and
+    `lmsys/vicuna-7b-v1.5` (vocabulary grown from 32000 to 32064 to hold the three placeholder tokens, padded to a
+    multiple of 64 as Llava-1.5 does).
+
+    Auto classes: both `AutoModel` and `AutoModelForImageTextToText` resolve to
+    `S2DAlignForConditionalGeneration`. A report generator is only useful with its LM head, and users load it with
+    `AutoModel.from_pretrained(repo, trust_remote_code=True)` and call `.generate()`; mapping `AutoModel` to a
+    head-less base model (as transformers does for Llava) would make that call fail.
+
+    Args:
+        vision_config: config of the image encoder `E_v` (a `Dinov2Config`).
+        text_encoder_config: config of the text encoder `E_t` (a `BertConfig`).
+        text_config: config of the LLM (a `LlamaConfig`).
+        num_memory_queries: `N_mem`, the number of memory queries in `Q_mem`; every adapter yields this many tokens.
+        adapter_num_heads: heads of each adapter's cross-attention (8 in the paper).
+        adapter_mlp_depth: linear layers in each adapter's MLP (3 in the paper).
+        connector: `sma` (the paper's: one `Q_mem` shared by all adapters), `sma_unshared` (one memory bank per
+            adapter), `sma_msa` (self-attention over the features + MLP, no memory bank), `mlp` (Llava-style MLP),
+            `qformer` (MLP + a small Q-Former); the ablations of the paper's Table 4.
+        qformer_num_layers: layers of the Q-Former used by the `qformer` connector.
+        max_views: the largest number of images (views) one study may have.
+        image_token_id / reference_token_id / keyphrase_token_id: LLM ids of the placeholder tokens that the
+            processor writes `N_mem` times each and the model replaces with the adapter outputs.
+    """
+
+    model_type = "s2d_align"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="dinov2",
+            init_kwargs={
+                "hidden_size": 768,
+                "num_hidden_layers": 12,
+                "num_attention_heads": 12,
+                "intermediate_size": 3072,  # mlp_ratio 4
+                "patch_size": 14,
+                "image_size": 518,
+                "layerscale_value": 1e-5,
+            },
+        ),
+        "text_encoder_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="bert",
+            init_kwargs={"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12},
+        ),
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="llama",
+            init_kwargs={
+                "vocab_size": 32064,
+                "hidden_size": 4096,
+                "intermediate_size": 11008,
+                "num_hidden_layers": 32,
+                "num_attention_heads": 32,
+                "num_key_value_heads": 32,
+                "max_position_embeddings": 4096,
+                "rms_norm_eps": 1e-5,
+                "pad_token_id": 0,
+                "bos_token_id": 1,
+                "eos_token_id": 2,
+            },
+        ),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_encoder_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    num_memory_queries: int = 64
+    adapter_num_heads: int = 8
+    adapter_mlp_depth: int = 3
+    connector: Literal["sma", "sma_unshared", "sma_msa", "mlp", "qformer"] = "sma"
+    qformer_num_layers: int = 2
+    max_views: int = 2
+    image_token_id: int = 32000
+    reference_token_id: int = 32001
+    keyphrase_token_id: int = 32002
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.connector not in CONNECTORS:
+            raise ValueError(f"connector must be one of {CONNECTORS}, got {self.connector!r}")
+        if self.adapter_mlp_depth < 1:
+            raise ValueError(f"adapter_mlp_depth must be >= 1, got {self.adapter_mlp_depth}")
+        if self.max_views < 1:
+            raise ValueError(f"max_views must be >= 1, got {self.max_views}")
+        width = self.vision_config.hidden_size
+        if width % self.adapter_num_heads:
+            raise ValueError(f"vision width {width} is not divisible by adapter_num_heads={self.adapter_num_heads}")
+        ids = self.placeholder_token_ids
+        if len(set(ids.values())) != len(ids) or max(ids.values()) >= self.text_config.vocab_size:
+            raise ValueError(f"placeholder token ids {ids} must be distinct and < the LLM vocab size "
+                             f"{self.text_config.vocab_size}")
+
+    @property
+    def placeholder_token_ids(self) -> dict:
+        """Placeholder token id of each context modality, in prefix order."""
+        return {"image": self.image_token_id, "reference": self.reference_token_id,
+                "keyphrases": self.keyphrase_token_id}
+
+
+__all__ = ["S2DAlignConfig"]

@@ -1,0 +1,431 @@
+"""S2D-Align (arXiv 2511.11066): frozen image and text encoders, the Shallow-to-Deep Memory Adapter, and a causal LLM.
+
+Laid out like transformers' Llava: `S2DAlignModel` (encoders + connector + LLM body) returns the hidden states of the
+whole sequence, `S2DAlignForConditionalGeneration` adds the LM head and `GenerationMixin`. The processor writes
+`N_mem` placeholder tokens per context modality into the prompt and the model scatters the adapter outputs into
+those positions, so hidden states and labels keep the same length (TRL's loss path relies on it).
+
+Self-contained (imports only torch, transformers and the sibling configuration file) because `save_pretrained`
+copies it into a Hub repo as remote code.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from transformers import AutoModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_utils import PreTrainedModel
+
+try:  # relative import inside a Hub repo / package, plain import when the file sits on sys.path
+    from .configuration_s2d import MODALITIES, S2DAlignConfig
+except ImportError:
+    from configuration_s2d import MODALITIES, S2DAlignConfig
+
+# Inputs that carry the context (image, reference, key phrases); `generate` needs them only for the prefill step,
+# after which the KV cache holds the prefix.
+CONTEXT_INPUTS = (
+    "pixel_values", "view_mask", "image_features",
+    "reference_input_ids", "reference_attention_mask", "reference_features",
+    "keyphrase_input_ids", "keyphrase_attention_mask", "keyphrase_features",
+)
+
+
+@dataclass
+class S2DAlignModelOutputWithPast(BaseModelOutputWithPast):
+    """`context_embeddings` maps each modality used in this call to its adapter output `(batch, N_mem, llm_width)`."""
+
+    context_embeddings: dict | None = None
+
+
+@dataclass
+class S2DAlignCausalLMOutputWithPast(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple | None = None
+    attentions: tuple | None = None
+    context_embeddings: dict | None = None
+
+
+def _segment_mean_pool(features: torch.Tensor, valid: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Masked mean over `num_tokens` contiguous segments of the sequence.
+
+    features: (B, L, D); valid: (B, L) bool. Returns (B, num_tokens, D). Used by the connectors that have no queries
+    (`mlp`, `sma_msa`), so every connector yields the same `N_mem` prefix tokens.
+    """
+    length = features.shape[1]
+    segment = torch.arange(length, device=features.device) * num_tokens // length  # (L,)
+    assign = nn.functional.one_hot(segment, num_tokens).to(features.dtype)  # (L, N)
+    weights = assign.unsqueeze(0) * valid.unsqueeze(-1).to(features.dtype)  # (B, L, N)
+    summed = torch.einsum("bln,bld->bnd", weights, features)
+    counts = weights.sum(1).clamp(min=1).unsqueeze(-1)
+    return summed / counts
+
+
+class S2DMemoryBank(nn.Module):
+    """`Q_mem`: `N_mem` learnable query vectors of the image-encoder width, shape (N_mem, d_v)."""
+
+    def __init__(self, num_queries: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_queries, width))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, batch_size: int) -> torch.Tensor:
+        return self.weight.unsqueeze(0).expand(batch_size, -1, -1)
+
+
+class S2DMemoryAdapter(nn.Module):
+    """One modality's adapter: `Z = LN(MLP(Attn(Q, W_in F, W_in F)))`, output (B, N_mem, llm_width).
+
+    `kind` selects the paper's connector variants (Table 4):
+      - `sma`: queries are the (shared or own) memory bank, 8-head cross-attention to the features;
+      - `sma_msa`: multi-head self-attention over the features, then pooled to N_mem tokens (no memory);
+      - `mlp`: the features pooled to N_mem tokens (no attention);
+      - `qformer`: own learned queries through a small Q-Former (self-attn + cross-attn + FFN per layer).
+    """
+
+    def __init__(self, kind: str, feature_dim: int, memory_dim: int, output_dim: int, num_queries: int,
+                 num_heads: int, mlp_depth: int, qformer_layers: int = 2, own_memory: bool = False):
+        super().__init__()
+        self.kind = kind
+        self.num_queries = num_queries
+        # keys/values are projected to d_v when the modality's width differs (e.g. a 384-wide text encoder)
+        self.input_proj = nn.Linear(feature_dim, memory_dim) if feature_dim != memory_dim else nn.Identity()
+        self.memory_bank = S2DMemoryBank(num_queries, memory_dim) if own_memory else None
+        if kind in ("sma", "sma_msa"):
+            self.attention = nn.MultiheadAttention(memory_dim, num_heads, batch_first=True)
+        elif kind == "qformer":
+            layer = nn.TransformerDecoderLayer(memory_dim, num_heads, 4 * memory_dim, dropout=0.0,
+                                               activation="gelu", batch_first=True, norm_first=True)
+            self.qformer = nn.TransformerDecoder(layer, qformer_layers)
+        layers, width = [], memory_dim
+        for i in range(mlp_depth):
+            layers.append(nn.Linear(width, output_dim))
+            if i < mlp_depth - 1:
+                layers.append(nn.GELU())
+            width = output_dim
+        self.mlp = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(output_dim)
+
+    def forward(self, features: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """features: (B, L, feature_dim); valid: (B, L) bool; memory: (B, N_mem, d_v) shared queries or None."""
+        features = self.input_proj(features.to(self.norm.weight.dtype))
+        if self.memory_bank is not None:
+            memory = self.memory_bank(features.shape[0])
+        if self.kind == "sma":
+            hidden, _ = self.attention(memory, features, features, key_padding_mask=~valid, need_weights=False)
+        elif self.kind == "sma_msa":
+            hidden, _ = self.attention(features, features, features, key_padding_mask=~valid, need_weights=False)
+            hidden = _segment_mean_pool(hidden, valid, self.num_queries)
+        elif self.kind == "mlp":
+            hidden = _segment_mean_pool(features, valid, self.num_queries)
+        else:  # qformer
+            hidden = self.qformer(memory, features, memory_key_padding_mask=~valid)
+        return self.norm(self.mlp(hidden))
+
+
+class S2DAlignConnector(nn.Module):
+    """The Shallow-to-Deep Memory Adapter: one adapter per modality, and under `sma` one `Q_mem` shared by all."""
+
+    def __init__(self, config: S2DAlignConfig):
+        super().__init__()
+        d_v = config.vision_config.hidden_size
+        d_t = config.text_encoder_config.hidden_size
+        d_llm = config.text_config.hidden_size
+        kind = "sma" if config.connector in ("sma", "sma_unshared") else config.connector
+        needs_queries = config.connector in ("sma_unshared", "qformer")
+        # The paper's key design: a single memory bank for every adapter and stage (Table 4, "w/o Shared Memory").
+        self.memory_bank = S2DMemoryBank(config.num_memory_queries, d_v) if config.connector == "sma" else None
+        widths = {"image": d_v, "reference": d_t, "keyphrases": d_t}
+        self.adapters = nn.ModuleDict({
+            modality: S2DMemoryAdapter(kind, widths[modality], d_v, d_llm, config.num_memory_queries,
+                                       config.adapter_num_heads, config.adapter_mlp_depth,
+                                       config.qformer_num_layers, own_memory=needs_queries)
+            for modality in MODALITIES
+        })
+
+    def forward(self, modality: str, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        memory = self.memory_bank(features.shape[0]) if self.memory_bank is not None else None
+        return self.adapters[modality](features, valid, memory)
+
+
+class S2DAlignPreTrainedModel(PreTrainedModel):
+    config: S2DAlignConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _no_split_modules = ["LlamaDecoderLayer", "Dinov2Layer", "BertLayer"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, S2DMemoryBank):
+            nn.init.normal_(module.weight, std=0.02)
+
+
+class S2DAlignModel(S2DAlignPreTrainedModel):
+    """Image encoder `E_v`, text encoder `E_t`, the connector and the LLM body (no LM head)."""
+
+    def __init__(self, config: S2DAlignConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.text_encoder = AutoModel.from_config(config.text_encoder_config, add_pooling_layer=False)
+        self.view_embedding = nn.Embedding(config.max_views, config.vision_config.hidden_size)
+        self.connector = S2DAlignConnector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # -- frozen encoders --------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, view_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Frozen patch features of every view.
+
+        pixel_values: (B, V, 3, H, W), V <= max_views; view_mask: (B, V) bool, False for padded (absent) views.
+        Returns (B, V, P, d_v), zeros at absent views. Only present views go through the encoder.
+        """
+        batch, views = pixel_values.shape[:2]
+        if views > self.config.max_views:
+            raise ValueError(f"got {views} views per study but this model takes at most max_views="
+                             f"{self.config.max_views}")
+        if view_mask is None:
+            view_mask = torch.ones(batch, views, dtype=torch.bool, device=pixel_values.device)
+        present = pixel_values[view_mask].to(self.vision_tower.dtype)  # (n_present, 3, H, W)
+        patches = self.vision_tower(pixel_values=present).last_hidden_state[:, 1:]  # drop CLS: patch tokens only
+        out = patches.new_zeros(batch, views, *patches.shape[1:])
+        out[view_mask] = patches
+        return out
+
+    @torch.no_grad()
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Frozen token features (B, L, d_t) of a reference report or key phrases."""
+        return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    # -- context ----------------------------------------------------------------------------------------------------
+    def get_context_embeddings(
+        self,
+        pixel_values=None, view_mask=None, image_features=None,
+        reference_input_ids=None, reference_attention_mask=None, reference_features=None,
+        keyphrase_input_ids=None, keyphrase_attention_mask=None, keyphrase_features=None,
+    ) -> dict:
+        """Adapter outputs `{modality: (B, N_mem, llm_width)}` for the modalities given.
+
+        Each modality comes either raw (pixels / token ids) or as cached frozen-encoder features
+        (`image_features` (B, V, P, d_v) with `view_mask`; `*_features` (B, L, d_t) with the attention mask).
+        """
+        contexts = {}
+        if pixel_values is not None or image_features is not None:
+            if image_features is None:
+                image_features = self.encode_images(pixel_values, view_mask)
+            batch, views, patches, width = image_features.shape
+            if view_mask is None:
+                view_mask = torch.ones(batch, views, dtype=torch.bool, device=image_features.device)
+            view_ids = torch.arange(views, device=image_features.device)
+            tokens = image_features.to(self.view_embedding.weight.dtype) + self.view_embedding(view_ids)[:, None]
+            valid = view_mask[:, :, None].expand(-1, -1, patches).reshape(batch, views * patches)
+            contexts["image"] = self.connector("image", tokens.reshape(batch, views * patches, width), valid)
+        text_inputs = {"reference": (reference_input_ids, reference_attention_mask, reference_features),
+                       "keyphrases": (keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features)}
+        for modality, (ids, mask, features) in text_inputs.items():
+            if ids is None and features is None:
+                continue
+            if mask is None:
+                raise ValueError(f"{modality} inputs need their attention mask")
+            if features is None:
+                features = self.encode_text(ids, mask)
+            contexts[modality] = self.connector(modality, features, mask.bool())
+        return contexts
+
+    def scatter_context(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, contexts: dict) -> torch.Tensor:
+        """Replace each modality's placeholder tokens with its adapter output; the counts must match exactly."""
+        for modality, token_id in self.config.placeholder_token_ids.items():
+            mask = input_ids == token_id
+            found = int(mask.sum())
+            if modality not in contexts:
+                if found:
+                    raise ValueError(f"the prompt holds {found} {modality} placeholder tokens but no {modality} "
+                                     "inputs were given")
+                continue
+            context = contexts[modality]
+            expected = context.shape[0] * context.shape[1]
+            if found != expected:
+                raise ValueError(
+                    f"placeholder mismatch for {modality}: the prompt holds {found} placeholder tokens (id {token_id}) "
+                    f"but the adapter produced {context.shape[0]} x {context.shape[1]} = {expected} embeddings; "
+                    "build the inputs with S2DAlignProcessor (it writes num_memory_queries placeholders per sample)")
+            inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1),
+                                                         context.to(inputs_embeds.dtype))
+        return inputs_embeds
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        reference_input_ids: torch.LongTensor | None = None,
+        reference_attention_mask: torch.Tensor | None = None,
+        reference_features: torch.Tensor | None = None,
+        keyphrase_input_ids: torch.LongTensor | None = None,
+        keyphrase_attention_mask: torch.Tensor | None = None,
+        keyphrase_features: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,  # accepted and ignored: TRL calls the body with the whole batch
+        **kwargs,
+    ) -> S2DAlignModelOutputWithPast:
+        """input_ids: (B, S) with the placeholders; returns `last_hidden_state` (B, S, llm_width)."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        contexts = self.get_context_embeddings(
+            pixel_values, view_mask, image_features, reference_input_ids, reference_attention_mask,
+            reference_features, keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features)
+        if input_ids is not None:
+            inputs_embeds = self.scatter_context(input_ids, inputs_embeds, contexts)
+        elif contexts:
+            raise ValueError("context inputs need input_ids (the placeholder positions)")
+        kwargs.pop("num_items_in_batch", None)
+        outputs = self.language_model(attention_mask=attention_mask, position_ids=position_ids,
+                                      past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                      use_cache=use_cache, **kwargs)
+        return S2DAlignModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state, past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            context_embeddings=contexts or None)
+
+
+# Parameter groups trained in each curriculum stage (DESIGN section 2); the encoders and the LLM base never train.
+STAGE_TRAINABLE = {
+    1: ("connector.memory_bank", "connector.adapters.image", "view_embedding"),
+    2: ("connector.memory_bank", "connector.adapters.image", "view_embedding", "connector.adapters.reference",
+        "lora_"),
+    3: ("connector.memory_bank", "connector.adapters.image", "view_embedding", "connector.adapters.reference",
+        "connector.adapters.keyphrases", "lora_"),
+}
+
+
+class S2DAlignForConditionalGeneration(S2DAlignPreTrainedModel, GenerationMixin):
+    """S2D-Align with its LM head: `model.generate(**processor(images=...))` writes a findings section."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: S2DAlignConfig):
+        super().__init__(config)
+        self.model = S2DAlignModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:  # a remote-code save: `AutoModel` must resolve to the generator too
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": f"{module}.{type(self).__name__}"}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def train(self, mode: bool = True):
+        """Like `nn.Module.train`, but the frozen encoders stay in eval mode (no dropout, fixed features)."""
+        super().train(mode)
+        self.model.vision_tower.eval()
+        self.model.text_encoder.eval()
+        return self
+
+    def set_stage(self, stage: int) -> int:
+        """Set `requires_grad` for a curriculum stage (1, 2 or 3); returns the number of trainable parameters.
+
+        Stage 1 trains `Q_mem` + the image adapter (and view embedding); stage 2 adds the reference adapter and the
+        LoRA weights (when PEFT has injected them); stage 3 adds the key-phrase adapter. Everything else, the
+        encoders and the LLM base weights included, is frozen. Works on the bare model and under a PEFT wrapper
+        (names are matched anywhere in the parameter path).
+        """
+        if stage not in STAGE_TRAINABLE:
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage!r}")
+        groups = STAGE_TRAINABLE[stage]
+        count = 0
+        for name, param in self.named_parameters():
+            train = any(group in name for group in groups)
+            param.requires_grad_(train)
+            count += param.numel() if train else 0
+        self.train(self.training)
+        return count
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        reference_input_ids: torch.LongTensor | None = None,
+        reference_attention_mask: torch.Tensor | None = None,
+        reference_features: torch.Tensor | None = None,
+        keyphrase_input_ids: torch.LongTensor | None = None,
+        keyphrase_attention_mask: torch.Tensor | None = None,
+        keyphrase_features: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> S2DAlignCausalLMOutputWithPast:
+        """Context inputs as in `S2DAlignModel.forward`; `labels` (B, S) with -100 outside the report tokens.
+
+        Returns logits (B, S, vocab) (or the last `logits_to_keep` positions) and the causal LM loss.
+        """
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, pixel_values=pixel_values,
+            view_mask=view_mask, image_features=image_features, reference_input_ids=reference_input_ids,
+            reference_attention_mask=reference_attention_mask, reference_features=reference_features,
+            keyphrase_input_ids=keyphrase_input_ids, keyphrase_attention_mask=keyphrase_attention_mask,
+            keyphrase_features=keyphrase_features, use_cache=use_cache, **kwargs)
+        hidden = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels,
+                                      vocab_size=self.config.text_config.vocab_size, **kwargs)
+        return S2DAlignCausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, context_embeddings=outputs.context_embeddings)
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            for key in CONTEXT_INPUTS:  # the KV cache already holds the prefix
+                inputs.pop(key, None)
+        return inputs
+
+
+__all__ = ["S2DAlignModel", "S2DAlignForConditionalGeneration", "S2DAlignPreTrainedModel"]

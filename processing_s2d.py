@@ -1,0 +1,260 @@
+"""S2D-Align processor: radiographs, prompt with placeholders, reports with masked labels, context texts.
+
+Self-contained (imports only numpy, PIL, torch and transformers) because `save_pretrained` copies it into a Hub
+repo as remote code.
+"""
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from transformers.feature_extraction_utils import BatchFeature
+from transformers.processing_utils import ProcessorMixin
+
+DEFAULT_PROMPT = "USER: {context}\nWrite the findings section of the radiology report for this chest X-ray."
+DEFAULT_ANSWER_MARKER = " ASSISTANT:"
+MIN_IMAGE_SIDE = 16  # smaller images carry no readable anatomy; refusing them beats silently upscaling noise
+MAX_IMAGE_SIDE = 4096  # larger ones are downsampled first (every encoder resizes to <= 518 px anyway)
+
+
+def load_radiograph(image, name: str | None = None) -> Image.Image:
+    """Open a radiograph and return it as 8-bit RGB, whatever its storage.
+
+    `image` is a path, a PIL image or a numpy array. Conversions (documented behaviour):
+      - 16-bit / 32-bit integer or float grayscale (`I;16`, `I`, `F`, uint16 arrays): linearly windowed from the
+        image's own min..max to 0..255 (a DICOM-derived PNG rarely uses the full 16-bit range);
+      - RGBA / LA: the alpha channel is composited onto black (the background of a radiograph);
+      - palette, CMYK, RGB: converted to grayscale first (a radiograph has one channel), then replicated to RGB;
+      - larger than 4096 px on a side: downsampled by an integer factor.
+    Raises `ValueError` naming the image when it cannot be read, is empty, or is smaller than 16x16 px.
+    """
+    label = name or (os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__)
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as opened:
+                opened.load()
+                image = opened.copy()
+        elif isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        elif not isinstance(image, Image.Image):
+            raise ValueError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {label}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, TypeError) as err:
+        raise ValueError(f"cannot read image {label}: {err}") from None
+    width, height = image.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image {label} is {width}x{height} px; a radiograph must be at least "
+                         f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} px")
+    factor = -(-max(width, height) // MAX_IMAGE_SIDE)
+    if factor > 1:
+        image = image.reduce(factor)
+    return _to_gray(image, label).convert("RGB")
+
+
+def _to_gray(image: Image.Image, label: str) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        if not np.isfinite([low, high]).all():
+            raise ValueError(f"image {label} holds non-finite pixel values")
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("L")
+    if image.mode == "1":
+        return image.convert("L")
+    return ImageOps.grayscale(image) if image.mode != "L" else image
+
+
+class S2DAlignProcessor(ProcessorMixin):
+    r"""
+    Builds S2D-Align inputs: `[<image>*N; <reference>*N; <keyphrases>*N; prompt] [report]`.
+
+    Args:
+        image_processor: the image encoder's processor (Rad-DINO: `BitImageProcessor`, 518 px).
+        tokenizer: the LLM tokenizer; must hold the three placeholder tokens as special tokens.
+        text_encoder_tokenizer: the text encoder's tokenizer (for reference reports and key phrases).
+        num_memory_queries: `N_mem`; placeholders written per modality (must equal the model's).
+        max_views: the largest number of views per study.
+        prompt: the instruction; `{context}` is where the placeholders go.
+        answer_marker: text that ends the prompt; generation starts right after it.
+        max_report_tokens: reports longer than this (in LLM tokens) are truncated for training.
+        max_context_tokens: reference / key-phrase texts are truncated to this many text-encoder tokens.
+
+    Call with `images` (one entry per study: an image or a list of 1..max_views views; paths, PIL images or
+    arrays), optional `text` (the reports: training mode, with labels and right padding; without it, generation
+    mode with left padding), optional `references` (one string per study) and `key_phrases` (one list of strings
+    per study). Returns a `BatchFeature` with `input_ids`, `attention_mask`, (`labels`), `pixel_values`
+    (B, V, 3, H, W), `view_mask` (B, V) and, when given, `reference_input_ids` / `reference_attention_mask` and
+    `keyphrase_input_ids` / `keyphrase_attention_mask`.
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, text_encoder_tokenizer=None, num_memory_queries=64,
+                 max_views=2, prompt=DEFAULT_PROMPT, answer_marker=DEFAULT_ANSWER_MARKER, max_report_tokens=256,
+                 max_context_tokens=256, image_token="<image>", reference_token="<reference>",
+                 keyphrase_token="<keyphrases>", chat_template=None, **kwargs):
+        # extra attributes are set before super().__init__ so they round-trip through processor_config.json
+        self.num_memory_queries = num_memory_queries
+        self.max_views = max_views
+        self.prompt = prompt
+        self.answer_marker = answer_marker
+        self.max_report_tokens = max_report_tokens
+        self.max_context_tokens = max_context_tokens
+        self.image_token = image_token
+        self.reference_token = reference_token
+        self.keyphrase_token = keyphrase_token
+        super().__init__(image_processor, tokenizer, text_encoder_tokenizer, chat_template=chat_template)
+        if "{context}" not in prompt:
+            raise ValueError("the prompt must contain '{context}' where the placeholder tokens go")
+        unknown = [t for t in self.placeholder_tokens.values()
+                   if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+        if unknown:
+            raise ValueError(f"the LLM tokenizer lacks the placeholder tokens {unknown}; add them with "
+                             "tokenizer.add_special_tokens({'additional_special_tokens': [...]})")
+
+    @property
+    def placeholder_tokens(self) -> dict:
+        return {"image": self.image_token, "reference": self.reference_token, "keyphrases": self.keyphrase_token}
+
+    @property
+    def placeholder_token_ids(self) -> dict:
+        return {k: self.tokenizer.convert_tokens_to_ids(v) for k, v in self.placeholder_tokens.items()}
+
+    @property
+    def model_input_names(self):
+        return ["input_ids", "attention_mask", "labels", "pixel_values", "view_mask", "reference_input_ids",
+                "reference_attention_mask", "keyphrase_input_ids", "keyphrase_attention_mask"]
+
+    # -- building blocks ----------------------------------------------------------------------------------------
+    def prompt_ids(self, modalities) -> list:
+        """Token ids of the prompt for the given context modalities (BOS first, answer marker last)."""
+        context = "".join(self.placeholder_tokens[m] * self.num_memory_queries for m in modalities)
+        ids = self.tokenizer(self.prompt.format(context=context), add_special_tokens=True)["input_ids"]
+        marker = self.tokenizer(self.answer_marker, add_special_tokens=False)["input_ids"]
+        for modality in modalities:  # a tokenizer that split the placeholders would silently break the model
+            found = ids.count(self.placeholder_token_ids[modality])
+            if found != self.num_memory_queries:
+                raise ValueError(f"the tokenizer turned {self.num_memory_queries} {modality} placeholders into "
+                                 f"{found} tokens; the placeholders must be single special tokens")
+        return ids + marker
+
+    def report_ids(self, report: str, index: int) -> list:
+        if not isinstance(report, str) or not report.strip():
+            raise ValueError(f"sample {index} has no report text (got {report!r}); training needs the findings "
+                             "section; pass text=None to build generation inputs")
+        ids = self.tokenizer(report.strip(), add_special_tokens=False)["input_ids"][: self.max_report_tokens]
+        return ids + [self.tokenizer.eos_token_id]
+
+    def _images(self, images) -> dict:
+        studies = [images] if not isinstance(images, (list, tuple)) else list(images)
+        studies = [list(s) if isinstance(s, (list, tuple)) else [s] for s in studies]
+        for index, views in enumerate(studies):
+            if not 1 <= len(views) <= self.max_views:
+                raise ValueError(f"study {index} has {len(views)} images; this model takes 1 to "
+                                 f"max_views={self.max_views} views per study")
+        flat = [load_radiograph(v) for views in studies for v in views]
+        pixels = self.image_processor(flat, return_tensors="pt")["pixel_values"]
+        most = max(len(v) for v in studies)
+        pixel_values = pixels.new_zeros(len(studies), most, *pixels.shape[1:])
+        view_mask = torch.zeros(len(studies), most, dtype=torch.bool)
+        start = 0
+        for index, views in enumerate(studies):
+            pixel_values[index, : len(views)] = pixels[start: start + len(views)]
+            view_mask[index, : len(views)] = True
+            start += len(views)
+        return {"pixel_values": pixel_values, "view_mask": view_mask}
+
+    def _context_text(self, texts, prefix: str, batch: int) -> dict:
+        if len(texts) != batch:
+            raise ValueError(f"got {len(texts)} {prefix} texts for {batch} studies")
+        encoded = self.text_encoder_tokenizer(
+            # an absent reference is encoded as empty text: a stage uses its auxiliary input for every sample
+            # (DeepSpeed needs every rank to run the same submodules), so the adapter sees [CLS][SEP]
+            ["" if t is None else t for t in texts], padding=True, truncation=True,
+            max_length=self.max_context_tokens, return_tensors="pt")
+        return {f"{prefix}_input_ids": encoded["input_ids"], f"{prefix}_attention_mask": encoded["attention_mask"]}
+
+    # -- main entry point -----------------------------------------------------------------------------------------
+    def __call__(self, images=None, text=None, references=None, key_phrases=None, return_tensors="pt",
+                 **kwargs) -> BatchFeature:
+        if return_tensors not in ("pt", None):
+            raise ValueError("S2DAlignProcessor returns PyTorch tensors only (return_tensors='pt')")
+        if images is None and text is None:
+            raise ValueError("give images (and, for training, the report text)")
+        data, modalities = {}, []
+        if images is not None:
+            data.update(self._images(images))
+            modalities.append("image")
+        batch = len(data["view_mask"]) if images is not None else len(_as_list(text))
+        if references is not None:
+            data.update(self._context_text(_as_list(references), "reference", batch))
+            modalities.append("reference")
+        if key_phrases is not None:
+            phrases = [p if isinstance(p, str) else "; ".join(p) for p in _as_list(key_phrases)]
+            data.update(self._context_text(phrases, "keyphrase", batch))
+            modalities.append("keyphrases")
+        prompt = self.prompt_ids(modalities)
+        if text is None:
+            rows, labels = [prompt] * batch, None
+        else:
+            reports = _as_list(text)
+            if len(reports) != batch:
+                raise ValueError(f"got {len(reports)} reports for {batch} studies")
+            answers = [self.report_ids(r, i) for i, r in enumerate(reports)]
+            rows = [prompt + a for a in answers]
+            labels = [[-100] * len(prompt) + a for a in answers]
+        data.update(self._pad(rows, labels, left=text is None))
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _pad(self, rows, labels, left: bool) -> dict:
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(r) for r in rows)
+        out = {"input_ids": torch.full((len(rows), width), pad, dtype=torch.long),
+               "attention_mask": torch.zeros(len(rows), width, dtype=torch.long)}
+        if labels is not None:
+            out["labels"] = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            out["input_ids"][i, span] = torch.tensor(row)
+            out["attention_mask"][i, span] = 1
+            if labels is not None:
+                out["labels"][i, span] = torch.tensor(labels[i])
+        return out
+
+    def batch_decode(self, sequences, prompt_length: int | None = None, skip_special_tokens: bool = True,
+                     **kwargs) -> list:
+        """Decode generated reports without the prompt.
+
+        `prompt_length` (the width of the left-padded `input_ids` given to `generate`) cuts every row there;
+        without it each row is cut after the last answer marker it holds (rows without one are decoded whole).
+        """
+        sequences = sequences.tolist() if hasattr(sequences, "tolist") else [list(s) for s in sequences]
+        marker = self.tokenizer(self.answer_marker, add_special_tokens=False)["input_ids"]
+        reports = []
+        for row in sequences:
+            start = prompt_length if prompt_length is not None else _after_last(row, marker)
+            text = self.tokenizer.decode(row[start:], skip_special_tokens=skip_special_tokens, **kwargs)
+            reports.append(text.strip())
+        return reports
+
+    def decode(self, sequence, **kwargs) -> str:
+        return self.batch_decode([sequence], **kwargs)[0]
+
+
+def _as_list(value) -> list:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _after_last(row: list, marker: list) -> int:
+    for start in range(len(row) - len(marker), -1, -1):
+        if row[start: start + len(marker)] == marker:
+            return start + len(marker)
+    return 0
+
+
+__all__ = ["S2DAlignProcessor", "load_radiograph"]

@@ -1,0 +1,127 @@
+"""Compose one S2D-Align folder from separate component checkpoints.
+
+`build_from_components(vision=..., text_encoder=..., llm=..., out_dir=...)` takes a Dinov2 image encoder (e.g.
+`microsoft/rad-dino`), a BERT-family text encoder (e.g. `microsoft/BiomedVLP-CXR-BERT-specialized`, whose Hub repo
+is remote code: we keep a plain `BertConfig` and its `bert.*` weights) and a Llama LLM with its tokenizer (e.g.
+`lmsys/vicuna-7b-v1.5`), adds the placeholder tokens, initialises the adapters, and saves a folder that loads with
+`AutoModelForImageTextToText.from_pretrained(out_dir, trust_remote_code=True)`.
+
+The weights go through one safetensors file and `from_pretrained`, so the 7B model is never held twice in memory
+and transformers materialises every buffer itself.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from huggingface_hub import save_torch_state_dict
+from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, BertConfig,
+                          BertModel, Dinov2Model)
+
+from configuration_s2d import S2DAlignConfig
+from modeling_s2d import S2DAlignConnector, S2DAlignForConditionalGeneration
+from processing_s2d import S2DAlignProcessor
+
+from .tiny import PLACEHOLDERS, RAD_DINO_MEAN, RAD_DINO_STD
+
+
+def _text_encoder_config(path: str) -> BertConfig:
+    """A plain BertConfig, also for BERT variants shipped as remote code (CXR-BERT's `model_type` is 'cxr-bert')."""
+    config_file = Path(path) / "config.json"
+    if config_file.is_file():
+        raw = json.loads(config_file.read_text())
+        raw = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")}
+        return BertConfig(**raw)
+    config = AutoConfig.from_pretrained(path)
+    return BertConfig(**{k: v for k, v in config.to_dict().items() if k != "model_type"})
+
+
+def _image_processor(path: str, image_size: int):
+    try:
+        return AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):  # a bare encoder checkpoint: use Rad-DINO's preprocessing at the encoder size
+        from .tiny import tiny_image_processor
+
+        processor = tiny_image_processor(image_size)
+        processor.image_mean, processor.image_std = RAD_DINO_MEAN, RAD_DINO_STD
+        return processor
+
+
+def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: str, tokenizer: str | None = None,
+                          dtype: torch.dtype | None = None, seed: int = 0, **adapter_kwargs) -> Path:
+    """Build and save an S2D-Align folder; returns its path.
+
+    `adapter_kwargs` go to `S2DAlignConfig` (num_memory_queries, connector, max_views, ...). `dtype` (default: the
+    LLM checkpoint's own) is the storage type of the saved weights.
+    """
+    llm_tokenizer = AutoTokenizer.from_pretrained(tokenizer or llm)
+    llm_tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS)})
+    if llm_tokenizer.pad_token is None:  # Vicuna has none; its unk token is the usual choice
+        llm_tokenizer.pad_token = llm_tokenizer.unk_token or llm_tokenizer.eos_token
+
+    vision_model = Dinov2Model.from_pretrained(vision, dtype=dtype)
+    text_config = _text_encoder_config(text_encoder)
+    text_model = BertModel.from_pretrained(text_encoder, config=text_config, add_pooling_layer=False, dtype=dtype)
+    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+    # the new placeholder rows get the mean embedding; pad to a multiple of 64 as Llava-1.5 does
+    language_model.resize_token_embeddings(len(llm_tokenizer), pad_to_multiple_of=64)
+
+    ids = [llm_tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDERS]
+    config = S2DAlignConfig(
+        vision_config=vision_model.config.to_dict(), text_encoder_config=text_config.to_dict(),
+        text_config=language_model.config.to_dict(), image_token_id=ids[0], reference_token_id=ids[1],
+        keyphrase_token_id=ids[2], pad_token_id=llm_tokenizer.pad_token_id,
+        bos_token_id=llm_tokenizer.bos_token_id, eos_token_id=llm_tokenizer.eos_token_id, **adapter_kwargs)
+
+    torch.manual_seed(seed)
+    connector = S2DAlignConnector(config)
+    view_embedding = torch.nn.Embedding(config.max_views, config.vision_config.hidden_size)
+    torch.nn.init.normal_(view_embedding.weight, std=0.02)
+    target = dtype or language_model.dtype
+    state = {}
+    state.update({f"model.vision_tower.{k}": v for k, v in vision_model.state_dict().items()})
+    state.update({f"model.text_encoder.{k}": v for k, v in text_model.state_dict().items()})
+    state.update({f"model.language_model.{k}": v for k, v in language_model.model.state_dict().items()})
+    state["lm_head.weight"] = language_model.lm_head.weight
+    state.update({f"model.connector.{k}": v.to(target) for k, v in connector.state_dict().items()})
+    state["model.view_embedding.weight"] = view_embedding.weight.detach().to(target)
+    image_size = vision_model.config.image_size
+
+    with tempfile.TemporaryDirectory() as staging:
+        save_torch_state_dict({k: v.contiguous() for k, v in state.items()}, staging)
+        config.save_pretrained(staging)
+        del state, vision_model, text_model, language_model
+        model = S2DAlignForConditionalGeneration.from_pretrained(staging, dtype=target)
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    processor = S2DAlignProcessor(
+        image_processor=_image_processor(vision, image_size), tokenizer=llm_tokenizer,
+        text_encoder_tokenizer=AutoTokenizer.from_pretrained(text_encoder),
+        num_memory_queries=config.num_memory_queries, max_views=config.max_views)
+    processor.save_pretrained(out)
+    return out
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("build", help="compose an S2D-Align folder from component checkpoints")
+    parser.add_argument("--vision", required=True, help="Dinov2 image encoder (e.g. microsoft/rad-dino)")
+    parser.add_argument("--text-encoder", required=True, help="BERT text encoder (e.g. CXR-BERT-specialized)")
+    parser.add_argument("--llm", required=True, help="Llama LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    parser.add_argument("--num-memory-queries", type=int, default=64)
+    parser.add_argument("--connector", default="sma")
+    parser.add_argument("--max-views", type=int, default=2)
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    out = build_from_components(
+        vision=args.vision, text_encoder=args.text_encoder, llm=args.llm, out_dir=args.out,
+        dtype=getattr(torch, args.dtype) if args.dtype else None, num_memory_queries=args.num_memory_queries,
+        connector=args.connector, max_views=args.max_views)
+    print(f"wrote {out}")
+    return 0
