@@ -371,7 +371,8 @@ class S2DAlignForConditionalGeneration(S2DAlignPreTrainedModel, GenerationMixin)
         groups = STAGE_TRAINABLE[stage]
         count = 0
         for name, param in self.named_parameters():
-            train = any(group in name for group in groups)
+            # PEFT's modules_to_save keeps a frozen `original_module` copy beside the trained one
+            train = any(group in name for group in groups) and "original_module" not in name
             param.requires_grad_(train)
             count += param.numel() if train else 0
         self.train(self.training)
