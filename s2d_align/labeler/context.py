@@ -17,10 +17,15 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 
 # Nothing reaches across these (a new clause with its own subject and polarity).
 _CLAUSE_BREAK = re.compile(
-    r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|otherwise|which|while)\b")
-# "no effusion is seen and the heart is enlarged": a finished clause (verb, then "and"/",").
+    r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|which|while)\b")
 _VERB = r"\b(?:is|are|was|were|appears?|remains?|seems?|measures?|has|have|had|shows?|demonstrates?)\b"
-_FINISHED_CLAUSE = re.compile(_VERB + r".*(?:,|\band\b|\bor\b)")
+# "no effusion is seen, and the heart is enlarged": the negated clause ended with its predicate.
+# (A transitive verb keeps its objects negated: "do not demonstrate infiltrate or effusion".)
+_FINISHED_CLAUSE = re.compile(r"\b(?:is|are|was|were|seen|identified|noted|present|evident|visualized|"
+                              r"appreciated)\b.*(?:,|\band\b)")
+# Behind a mention, one verb may belong to it ("X is stable and within normal limits"); a second
+# verb after "and"/"," means another clause ("X is enlarged and the lungs are normal").
+_TWO_CLAUSES = re.compile(_VERB + r".*(?:,|\band\b|\bor\b).*" + _VERB)
 _THERE_IS = re.compile(r"\bthere (?:is|are|was|were|has|have)\b")
 
 # Words naming the heart/mediastinum itself: CheXpert's "stable cardiomediastinal silhouette"
@@ -43,7 +48,7 @@ _PRE_UNC_FWD = _cues(
 )
 _PRE_UNC_BWD = _cues(
     r"\b(?:cannot|can ?not|could not|can't|may not|not) " + _EXCLUDED,
-    r"\b(?:not (?:well|clearly)|poorly|incompletely) (?:seen|visualized|evaluated|assessed)\b",
+    r"\b(?:not (?:well|clearly)|poorly|incompletely)[ -](?:seen|visualized|evaluated|assessed)\b",
     r"\bobscur(?:ed|es|ing)\b",
     r"\bnot appreciated\b",
 )
@@ -70,17 +75,20 @@ _NEG_BWD = _cues(
 _UNC_FWD = _cues(
     r"\b(?:possible|possibly|presumabl[ey]|presumed|probable|probably|questionabl[ey]|questioned|"
     r"question of|suspect(?:ed)?|suspicious|suspicion|suggestion of|suggestive of|suggest(?:s|ing)?|"
-    r"concern(?:ing)? for|worrisome|may|might|could|would|maybe|versus|vs|differential|"
+    r"concern(?:ing)? for|worrisome|may|might|could|would|maybe|differential|"
     r"consider(?:ed)?|favou?r(?:ed|s)?|equivocal|indeterminate|less likely|correlat(?:e|ion))\b",
 )
-_UNC_NEAR_FWD = _cues(r"\bor\b", r"\bborderline\b")
+_UNC_NEAR_FWD = _cues(r"\bborderline\b", r"\b(?:versus|vs)\b")
+# "atelectasis or consolidation": "or" joins two findings, so only an adjacent one (one word apart)
+_OR = _cues(r"\bor\b")
 _UNC_BWD = _cues(
     r"\b(?:may|might|could|can|would|possibly) (?:also |still )?(?:be )?(?:present|seen|noted|"
     r"identified|visualized|suspected|appear|exist)\b",
     r"\b(?:is|are) (?:suspected|questioned|possible|probable|questionable)\b",
-    r"\b(?:versus|vs)\b",
 )
-_UNC_NEAR_BWD = _cues(r"\bor\b", r"\bborderline\b")
+_UNC_NEAR_BWD = _cues(r"\bborderline\b", r"\b(?:versus|vs)\b")
+# CheXpert (post_negation_uncertainty.txt) keeps these Edema mentions uncertain unless negated
+_ALWAYS_UNCERTAIN = re.compile(r"vascular congestion|pulmonary congestion|indistinctness|vascular prominence")
 _STABLE_FWD = _cues(r"\b(?:stable|unchanged|no (?:\w+ )?change)\b")
 _STABLE_BWD = _cues(r"\b(?:stable|unchanged|not changed|similar|in the interval)\b")
 
@@ -101,17 +109,27 @@ def _forward_ok(window: str) -> bool:
 
 def _near_forward_ok(window: str, max_words: int = 5) -> bool:
     """An adjective-like cue ("normal", "or") reaches only the noun phrase right after it."""
-    return len(window.split()) <= max_words and not re.search(r",|\bwith\b|" + _VERB, window)
+    # "normal heart size, mediastinum" is a list; "heart size normal, small effusion" is not
+    return (len(window.split()) <= max_words and not window.lstrip().startswith(",")
+            and not re.search(r"\bwith\b|" + _VERB, window))
 
 
-def _backward_ok(window: str, max_words: int = 12) -> bool:
-    """A cue after the mention reaches back across ``window`` ("heart size and X are normal")."""
+def _backward_ok(window: str, max_words: int = 12, neutral: bool = False) -> bool:
+    """A cue after the mention reaches back across ``window`` ("heart size and X are normal").
+    ``neutral``: the mention names anatomy ("cardiac silhouette"), not a finding, so a comma list
+    without "and" ("silhouette, vascular pattern are normal") still reaches it."""
     if len(window.split()) > max_words or re.search(r"\b(?:with|without|no|not|there)\b", window):
         return False
-    if _FINISHED_CLAUSE.search(window):
+    if _TWO_CLAUSES.search(window) or re.match(r"\W*otherwise\b", window):  # "effusion, otherwise normal"
         return False
-    if "," in window:  # "heart size, contour, and vascularity are normal" vs "cardiomegaly, lungs are normal"
-        return bool(re.match(r"\s*(?:and|or)\b", window.rsplit(",", 1)[1]))
+    if neutral and not re.search(r"enlarg|widen|large|increas|promin|abnormal", window):
+        return True
+    if "," in window:
+        # a list ends in "and"/"or" ("heart size, contour, and vascularity are normal"); a comma
+        # without one starts a new clause ("mild cardiomegaly, lungs are normal")
+        tail = window.rsplit(",", 1)[1]
+        verb = re.search(_VERB, tail)
+        return bool(re.search(r"\b(?:and|or)\b", tail[: verb.start() if verb else len(tail)]))
     return True
 
 
@@ -133,14 +151,18 @@ def mention_status(sentence: str, start: int, end: int) -> int:
     pre, post = sentence[left:start], sentence[end:right]
     if _hit_forward(pre, _PRE_UNC_FWD, _forward_ok) or _hit_backward(post, _PRE_UNC_BWD, _backward_ok):
         return UNCERTAIN
+    neutral = bool(_CARDIO_WORDS.search(sentence[start:end]))
     if (_hit_forward(pre, _NEG_FWD, _forward_ok) or _hit_forward(pre, _NEG_NEAR_FWD, _near_forward_ok)
-            or _hit_backward(post, _NEG_BWD, _backward_ok)):
+            or _hit_backward(post, _NEG_BWD, lambda w: _backward_ok(w, neutral=neutral))):
         return NEGATIVE
-    if (_hit_forward(pre, _UNC_FWD, _forward_ok) or _hit_forward(pre, _UNC_NEAR_FWD, _near_forward_ok)
+    if (_ALWAYS_UNCERTAIN.search(sentence[start:end]) or _hit_forward(pre, _UNC_FWD, _forward_ok) or _hit_forward(pre, _UNC_NEAR_FWD, _near_forward_ok)
             or _hit_backward(post, _UNC_BWD, _backward_ok)
-            or _hit_backward(post, _UNC_NEAR_BWD, _near_backward_ok)):
+            or _hit_backward(post, _UNC_NEAR_BWD, _near_backward_ok)
+            or _hit_forward(pre, _OR, lambda w: _near_forward_ok(w, 1))
+            or _hit_backward(post, _OR, lambda w: _near_backward_ok(w, 1))):
         return UNCERTAIN
-    if _CARDIO_WORDS.search(sentence[start:end]) and (
+    enlarged = re.search(r"enlarg|widen", sentence[max(left, start - 30):min(right, end + 30)])
+    if neutral and not enlarged and (
             _hit_forward(pre, _STABLE_FWD, _near_forward_ok)
             or _hit_backward(post, _STABLE_BWD, lambda w: _near_backward_ok(w, 6))):
         return UNCERTAIN

@@ -30,18 +30,33 @@ OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
 )
 
-# Additions to the original lists, each fixing a substring false match the original labeler
-# makes on IU X-Ray text (it matches phrases as bare substrings).
+# Additions to the original lists, for IU X-Ray wording the original misses or mislabels. Each
+# is a regex matched on the lower-cased sentence with punctuation blanked and one pad space each side.
+EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {
+    # a bare "heart" ("Heart and mediastinum normal."); "heart failure" stays Edema
+    "Cardiomegaly": (r"\bheart\b(?! failure)", r"\bcardiac(?= and mediastinal)"),
+    "Enlarged Cardiomediastinum": (r"mediastinal widening", r"widened mediastin\w*"),
+    # fissural thickening is pleural
+    "Pleural Other": (r"thicken\w* (?:of |in |along )?the (?:\w+ )?fissure", r"fissural thickening"),
+    # IU de-identification turns "sternotomy wires" into "sternotomy XXXX"; line tips are devices
+    "Support Devices": (r"sternotomy xxxx", r"\btip\b", r"prosthe"),
+    # findings outside the 13 that also rule out "No Finding" (the original list misses them)
+    "No Finding": (r"tortuo", r"ectasia", r"ectatic", r"arthriti", r"spondylosis", r"foreign body",
+                   r"sternotomy", r"post-?surgical", r"post-?operative", r"hyperexpanded",
+                   r"aneurysm"),
+}
 EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
-    # "tube" inside "tuberculosis", "plate" inside "platelike atelectasis", Kerley "lines".
+    # substring false matches: "tube" in "tuberculosis", "plate" in "platelike atelectasis",
+    # Kerley "lines", breast implants
     "Support Devices": ("tubercul", "platelike", "plate-like", "plate like", "kerley b lines",
-                        "septal lines"),
-    # "along the right heart border" locates an opacity; it says nothing about heart size.
+                        "septal lines", "breast prosthe", "endplate"),
+    # a rib's "contour" is bone, not the cardiomediastinal contour
+    "Enlarged Cardiomediastinum": ("rib contour", "contour irregularit", "contour deformit"),
+    # healed granulomatous disease, not a pneumonia
+    "Pneumonia": ("granulomatous infection",),
+    # "along the right heart border" locates an opacity; it says nothing about heart size
     "Cardiomegaly": ("heart border", "cardiac border"),
 }
-# A bare "heart" ("Heart and mediastinum normal.", "Normal heart.") is how IU reports often name
-# the heart; the original list only has "the heart" / "heart size". "heart failure" stays Edema.
-EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {"Cardiomegaly": (r"\bheart\b(?! failure)",)}
 
 
 def _resource_dir():
