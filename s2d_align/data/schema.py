@@ -1,0 +1,99 @@
+"""The one dataset schema every loader produces and the training code consumes.
+
+Each split (`train`, `validation`, `test`) of the `DatasetDict` has the columns of `BASE_FEATURES`
+(see the module docstring of `s2d_align.data`), plus optional dataset-specific string extras.
+Building splits through `build_dataset_dict` keeps column types identical across splits, even when a
+split is empty, so `DatasetDict.save_to_disk` / `load_from_disk` round-trip cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+
+from datasets import Dataset, DatasetDict, Features, List, Value
+
+SPLITS = ("train", "validation", "test")
+
+# The 14 CheXpert observations, in the labeler's canonical order.
+CHEXPERT_OBSERVATIONS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
+BASE_FEATURES = Features(
+    {
+        "id": Value("string"),
+        "subject_id": Value("string"),
+        "study_id": Value("string"),
+        "study_date": Value("string"),
+        "image_paths": List(Value("string")),
+        "view_positions": List(Value("string")),
+        "report": Value("string"),
+        "reference": Value("string"),
+        "reference_id": Value("string"),
+        "key_phrases": List(Value("string")),
+        "labels": Value("string"),
+    }
+)
+
+# Frontal views sort first: the processor treats image_paths[0] as the primary view.
+FRONTAL_VIEWS = ("PA", "AP", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD")
+
+
+def empty_row(**values) -> dict:
+    """A row with every base column present (defaults: "" / []), overridden by `values`."""
+    row = {name: [] if isinstance(feat, List) else "" for name, feat in BASE_FEATURES.items()}
+    row.update(values)
+    return row
+
+
+def features_for(rows: Iterable[Mapping]) -> Features:
+    """Base features plus a string column for each extra key found in `rows`."""
+    feats = dict(BASE_FEATURES)
+    for row in rows:
+        for key in row:
+            if key not in feats:
+                feats[key] = Value("string")
+    return Features(feats)
+
+
+def build_dataset(rows: list[dict], features: Features) -> Dataset:
+    """`Dataset.from_dict` column by column, so an empty split still gets the full schema."""
+    columns = {name: [row.get(name, [] if isinstance(feat, List) else "") for row in rows]
+               for name, feat in features.items()}
+    return Dataset.from_dict(columns, features=features)
+
+
+def build_dataset_dict(rows_by_split: Mapping[str, list[dict]]) -> DatasetDict:
+    """One `DatasetDict` with `train`/`validation`/`test` sharing the same features."""
+    all_rows = [row for split in SPLITS for row in rows_by_split.get(split, [])]
+    check_unique_ids(all_rows)
+    feats = features_for(all_rows)
+    return DatasetDict({split: build_dataset(list(rows_by_split.get(split, [])), feats) for split in SPLITS})
+
+
+def check_unique_ids(rows: Iterable[Mapping], source: str = "dataset") -> None:
+    """Raise ValueError naming the first id that occurs twice (ids are unique across all splits)."""
+    seen: set[str] = set()
+    for row in rows:
+        if row["id"] in seen:
+            raise ValueError(f"{source}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+
+
+def labels_to_json(labels: Mapping[str, int | None]) -> str:
+    """The `labels` column: JSON of all 14 observations in canonical order (missing -> null)."""
+    return json.dumps({obs: labels.get(obs) for obs in CHEXPERT_OBSERVATIONS})
