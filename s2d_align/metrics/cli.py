@@ -1,0 +1,87 @@
+"""``s2d label`` and ``s2d eval``: registered on the main ``s2d`` parser by ``register``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..labeler import LABELERS, OBSERVATIONS, label_reports
+from .ce import CONVENTIONS
+from .evaluate import REFERENCE_KINDS
+from .text import CLEANERS
+
+
+def register(subparsers) -> None:
+    """Add the ``label`` and ``eval`` sub-commands."""
+    label = subparsers.add_parser("label", help="CheXpert labels (14 observations) of each report")
+    label.add_argument("--reports", required=True, help='JSONL, one {"id": ..., "report": ...} per line')
+    label.add_argument("--out", required=True, help="output JSONL: id, labeler and the 14 labels (1, 0, -1, null)")
+    label.add_argument("--labeler", choices=LABELERS, default="rules")
+    label.set_defaults(func=run_label)
+
+    ev = subparsers.add_parser("eval", help="NLG + clinical-efficacy metrics of predictions vs references")
+    ev.add_argument("--predictions", required=True, help='JSONL {"id", "report"} of generated reports')
+    ev.add_argument("--references", required=True, help='JSONL {"id", "report"} of ground-truth reports')
+    ev.add_argument("--out", required=True, help="output folder: metrics.json, metrics.md, plot, labels.jsonl")
+    ev.add_argument("--ce-convention", choices=CONVENTIONS, default="llmrg4",
+                    help="r2gen: uncertain->0, micro; llmrg4 (S2D-Align Table 1): uncertain->1, micro; "
+                         "example: PromptMRG example-based")
+    ev.add_argument("--labeler", choices=LABELERS, default="rules")
+    ev.add_argument("--references-kind", choices=REFERENCE_KINDS, default="raw",
+                    help="what the reference file holds: raw report text or R2Gen-cleaned text")
+    ev.add_argument("--clean", choices=CLEANERS, default="iu_xray",
+                    help="R2Gen text cleaning applied to both sides before NLG scoring")
+    ev.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
+    ev.add_argument("--no-radgraph", action="store_true", help="skip RadGraph F1")
+    ev.set_defaults(func=run_eval)
+
+
+def _labels_or_exit(texts, labeler, desc):
+    try:
+        return label_reports(texts, labeler, progress=True, desc=desc)
+    except RuntimeError as err:  # backend unavailable (missing package or weights): say why
+        raise ValueError(str(err)) from None
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from .jsonl import read_reports, write_jsonl
+
+    reports = read_reports(args.reports, allow_empty=True)
+    labels = _labels_or_exit(list(reports.values()), args.labeler, "labelling")
+    write_jsonl(args.out, ({"id": rid, "labeler": args.labeler, **{o: lab[o] for o in OBSERVATIONS}}
+                           for rid, lab in zip(reports, labels)))
+    print(f"labelled {len(reports)} reports with the {args.labeler} labeler -> {args.out}")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .evaluate import evaluate_reports
+    from .jsonl import match_ids, read_reports, write_jsonl
+    from .report import provenance_line, write_outputs
+
+    preds = read_reports(args.predictions, allow_empty=True)
+    refs = read_reports(args.references)
+    match_ids(preds, refs)
+    for rid in preds:
+        if not preds[rid].strip():
+            print(f"warning: {preds.where(rid)}: empty prediction, scored as empty text", file=sys.stderr)
+    try:
+        result = evaluate_reports(dict(preds), dict(refs), convention=args.ce_convention,
+                                  labeler=args.labeler, references_kind=args.references_kind,
+                                  clean=args.clean, meteor=not args.no_meteor,
+                                  radgraph=not args.no_radgraph, progress=True, return_labels=True)
+    except RuntimeError as err:
+        raise ValueError(str(err)) from None
+    labels = result.pop("labels")
+    paths = write_outputs(result, args.out)
+    write_jsonl(Path(args.out) / "labels.jsonl",
+                ({"id": rid, "labeler": args.labeler, "prediction": labels["predictions"][rid],
+                  "reference": labels["references"][rid]} for rid in sorted(preds)))
+    nlg, ce = result["nlg"], result["ce"]
+    print(provenance_line(result))
+    print(f"B@4 {nlg['BLEU_4']:.4f}  MTR {nlg['METEOR'] if nlg['METEOR'] is None else round(nlg['METEOR'], 4)}  "
+          f"RG-L {nlg['ROUGE_L']:.4f}  CE P {ce['precision']:.4f} R {ce['recall']:.4f} F1 {ce['f1']:.4f}")
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['plot']}")
+    return 0
