@@ -52,6 +52,8 @@ EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
                         "septal lines", "breast prosthe", "endplate"),
     # a rib's "contour" is bone, not the cardiomediastinal contour
     "Enlarged Cardiomediastinum": ("rib contour", "contour irregularit", "contour deformit"),
+    # "lump" inside "lumpectomy" (breast surgery)
+    "Lung Lesion": ("lumpectomy",),
     # healed granulomatous disease, not a pneumonia
     "Pneumonia": ("granulomatous infection",),
     # "along the right heart border" locates an opacity; it says nothing about heart size

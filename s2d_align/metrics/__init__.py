@@ -17,8 +17,15 @@ from .report import (metrics_markdown, plot_per_observation_f1, write_metrics_js
                      write_outputs)
 from .text import clean_report_iu_xray, clean_report_mimic_cxr, normalize
 
+
+def evaluate_module_path() -> str:
+    """Path of the ``evaluate`` metric script shipped in the package: ``evaluate.load(<it>)``."""
+    from importlib import resources
+
+    return str(resources.files(__name__).joinpath("evaluate_module", "s2d_metrics.py"))
+
 __all__ = ["compute_nlg", "compute_ce", "compute_radgraph", "evaluate_reports", "label_pairs",
            "write_outputs", "write_metrics_json", "write_metrics_md", "plot_per_observation_f1",
            "metrics_markdown", "read_reports", "match_ids", "normalize", "clean_report_iu_xray",
            "clean_report_mimic_cxr", "meteor_unavailable_reason", "CONVENTIONS", "FIVE", "NLG_KEYS",
-           "REFERENCE_KINDS"]
+           "REFERENCE_KINDS", "evaluate_module_path"]

@@ -57,11 +57,14 @@ def clean_report_mimic_cxr(report: str) -> str:
 
 def normalize(report: str, clean: str = "iu_xray") -> str:
     """The text the NLG scorers see: ``clean`` in {"iu_xray", "mimic_cxr", "none"} then tokens
-    joined by single spaces ("none" scores the text as given, whitespace collapsed)."""
+    joined by single spaces ("none" scores the text as given, whitespace collapsed). An empty
+    report stays empty: R2Gen's cleaning would turn it into " ." and give it credit for a period."""
+    if clean not in CLEANERS:
+        raise ValueError(f"unknown text cleaning {clean!r}; choose one of {', '.join(CLEANERS)}")
+    if not report.strip():
+        return ""
     if clean == "iu_xray":
         report = clean_report_iu_xray(report)
     elif clean == "mimic_cxr":
         report = clean_report_mimic_cxr(report)
-    elif clean != "none":
-        raise ValueError(f"unknown text cleaning {clean!r}; choose one of {', '.join(CLEANERS)}")
     return " ".join(report.split())
