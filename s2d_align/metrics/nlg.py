@@ -79,8 +79,11 @@ def compute_nlg(predictions: dict[str, str], references: dict[str, str], *, clea
     out.update(ROUGE_L=float(rouge), CIDEr=float(cider), METEOR=None)
     reason = meteor_unavailable_reason() if meteor else "METEOR skipped (meteor=False)"
     if reason is None:
-        out["METEOR"] = float(_meteor_scorer().compute_score(gts, res)[0])
-        out["meteor_status"] = "computed (pycocoevalcap METEOR 1.5, -l en -norm)"
+        try:
+            out["METEOR"] = float(_meteor_scorer().compute_score(gts, res)[0])
+            out["meteor_status"] = "computed (pycocoevalcap METEOR 1.5, -l en -norm)"
+        except (OSError, ValueError) as err:  # the JVM died or answered nothing (e.g. out of memory)
+            out["meteor_status"] = f"METEOR unavailable: the Java scorer failed ({type(err).__name__}: {err})"
     else:
         out["meteor_status"] = reason
     out["n_reports"] = len(gts)
