@@ -47,6 +47,10 @@ def attach_references(dsd: DatasetDict, strategy: str, features: Features | None
         texts = [pool.reports[i] if i >= 0 else "" for i in chosen]
         ds = ds.remove_columns([c for c in ("reference", "reference_id") if c in ds.column_names])
         out[split] = ds.add_column("reference", texts).add_column("reference_id", ids)
+    if counts["no_reference"]:
+        counts["no_reference_reason"] = (
+            "no other training study of the same patient and no image features for the retrieval fallback"
+            if strategy == "same_patient" and features is None else "no training sample other than the sample's own study")
     result = DatasetDict(out)
     check_references(result)
     if stats is not None:

@@ -31,12 +31,15 @@ THUMBNAIL = 16  # retrieval features for the phantom: the image itself, downsamp
 
 
 def generate_phantom(out_dir, num_patients: int, seed: int = 0, image_size: int = 128,
-                     splits: tuple[float, float, float] = (0.8, 0.1, 0.1), num_workers: int = 0) -> DatasetDict:
-    """Generate, save (`DatasetDict.save_to_disk(out_dir)`, images under `out_dir/images`) and return
-    the phantom set, split by patient, with same-patient stage-2 references attached.
+                     splits: tuple[float, float, float] = (0.8, 0.1, 0.1), num_workers: int = 0,
+                     reference: str = "same_patient", keyphrases: str = "ground_truth") -> DatasetDict:
+    """Generate, save (`DatasetDict.save_to_disk(out_dir)`, images under `out_dir/images`, summary in
+    `out_dir/prepare_summary.json`) and return the phantom set, split by patient.
 
-    Validation/test patients have no training studies, so their references fall back to retrieval
-    over 16x16 thumbnails of the training images. `num_workers` > 1 renders in that many processes.
+    `reference`: "same_patient" (default; validation/test patients have no training studies, so their
+    references fall back to retrieval over 16x16 thumbnails of the training images), "retrieval" (on
+    those thumbnails) or "none". `keyphrases`: "ground_truth" (from the generator's findings) or a
+    backend of `s2d_align.keyphrases` run on the reports. `num_workers` > 1 renders in processes.
     """
     if num_patients < 1:
         raise ValueError(f"num_patients must be >= 1, got {num_patients}")
@@ -48,14 +51,20 @@ def generate_phantom(out_dir, num_patients: int, seed: int = 0, image_size: int 
     patients = _generate_patients(out / "images", num_patients, seed, image_size, num_workers)
     seconds = time.perf_counter() - start
     thumbs = {row["id"]: row.pop("_thumb") for rows in patients for row in rows}
+    if keyphrases != "ground_truth":
+        from ...keyphrases import extract_key_phrases
+
+        for row in (r for rows in patients for r in rows):
+            row["key_phrases"] = extract_key_phrases(row["report"], backend=keyphrases)
     split_of = assign_splits(num_patients, seed, splits)
     rows_by_split = {s: [r for p, rows in enumerate(patients) if split_of[p] == s for r in rows] for s in SPLITS}
     ref_stats: dict = {}
-    dsd = attach_references(build_dataset_dict(rows_by_split), "same_patient", features=thumbs, stats=ref_stats)
+    dsd = attach_references(build_dataset_dict(rows_by_split), reference, features=thumbs, stats=ref_stats)
     dsd.save_to_disk(str(out))
+    fallback = {"same_patient": "same_patient (fallback: retrieval on 16x16 thumbnails)",
+                "retrieval": "retrieval on 16x16 thumbnails"}.get(reference, reference)
     options = {"dataset": "phantom", "num_patients": num_patients, "seed": seed, "image_size": image_size,
-               "splits": list(splits), "reference": "same_patient (fallback: retrieval on 16x16 thumbnails)",
-               "keyphrases": "ground_truth", "clean": False}
+               "splits": list(splits), "reference": fallback, "keyphrases": keyphrases, "clean": False}
     n_images = sum(len(rows) for rows in patients)
     write_summary(out, dsd, options, references=ref_stats, prevalence=prevalence(dsd),
                   generation={"images": n_images, "seconds": round(seconds, 2),

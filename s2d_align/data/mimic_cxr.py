@@ -1,0 +1,176 @@
+"""MIMIC-CXR: from R2Gen's `annotation.json` or from the raw MIMIC-CXR-JPG layout. Never shipped
+(credentialed PhysioNet data); every path comes from the user.
+
+Raw layout under `mimic_root` (PhysioNet's own file names; `.csv.gz` accepted too):
+    mimic-cxr-2.0.0-metadata.csv   dicom_id, subject_id, study_id, ViewPosition, StudyDate, ...
+    mimic-cxr-2.0.0-split.csv      dicom_id, study_id, subject_id, split (train / validate / test)
+    files/p10/p10000032/s50414267.txt                 the free-text report (MIMIC-CXR reports)
+    files/p10/p10000032/s50414267/<dicom_id>.jpg      the images (MIMIC-CXR-JPG)
+Raw mode gives one sample per study (id = study id, up to 4 views, frontal first) whose report is the
+FINDINGS section; studies without one are skipped and counted. Annotation mode keeps R2Gen's entries
+(one per image, id = dicom id) and, when `mimic_root` is also given, fills dates and view positions
+from the metadata file.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from datasets import DatasetDict
+from tqdm.auto import tqdm
+
+from .annotation import entry_images, entry_report, read_annotation
+from .images import filter_readable, require_image_root
+from .schema import FRONTAL_VIEWS, SPLITS, build_dataset_dict, empty_row
+from .summary import SkipLog
+from .text import clean_report_mimic_cxr, extract_findings_section
+
+METADATA = "mimic-cxr-2.0.0-metadata.csv"
+SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
+MAX_VIEWS = 4
+SPLIT_NAMES = {"train": "train", "validate": "validation", "val": "validation", "validation": "validation",
+               "test": "test"}
+_PATH_IDS = re.compile(r"p(\d+)/s(\d+)/")
+
+
+def read_csv_rows(root: Path, name: str, required: tuple[str, ...]) -> list[dict]:
+    """Rows of `root/name` (or `name.gz`), checking the columns the loader needs."""
+    path = next((p for p in (root / name, root / f"{name}.gz") if p.is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"MIMIC-CXR file not found: {root / name} (or .gz)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column {missing[0]!r} (has {', '.join(reader.fieldnames or [])})")
+        return list(reader)
+
+
+def iso_date(study_date: str) -> str:
+    """MIMIC `StudyDate` "21800506" -> "2180-05-06" (dates are shifted, but consistently per patient)."""
+    s = str(study_date).strip().split(".")[0]
+    return f"{s[:4]}-{s[4:6]}-{s[6:8]}" if re.fullmatch(r"\d{8}", s) else ""
+
+
+def view_rank(view: str) -> int:
+    """Sort key: frontal views first (PA before AP), then lateral, then the rest."""
+    view = view.upper()
+    if view in FRONTAL_VIEWS:
+        return FRONTAL_VIEWS.index(view)
+    return len(FRONTAL_VIEWS) + (0 if view in ("LATERAL", "LL", "RL") else 1)
+
+
+def study_dir(subject: str, study: str) -> Path:
+    return Path("files") / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+
+
+def load_mimic_cxr(annotation: str | Path | None = None, mimic_root: str | Path | None = None,
+                   image_root: str | Path | None = None, *, reports_root: str | Path | None = None,
+                   clean: bool = False, missing_images: str = "error", verify_images: bool = True,
+                   skipped: SkipLog | None = None) -> DatasetDict:
+    """MIMIC-CXR as the project's `DatasetDict` (references and key phrases not yet attached).
+
+    `annotation`: R2Gen file (images under `image_root`, R2Gen's `mimic_cxr/images`). Without it,
+    `mimic_root` is read in the raw layout (images under `image_root` or else `mimic_root`, reports
+    under `reports_root` or else `mimic_root`). `clean` applies R2Gen's `clean_report_mimic_cxr`.
+    """
+    skipped = skipped if skipped is not None else SkipLog()
+    if annotation is None and mimic_root is None:
+        raise ValueError("MIMIC-CXR is not shipped with s2d-align; pass --annotation PATH (R2Gen annotation.json) "
+                         "or --mimic-root DIR (MIMIC-CXR-JPG with its metadata and split CSVs)")
+    meta_root = Path(mimic_root).expanduser().resolve() if mimic_root is not None else None
+    if annotation is not None:
+        root = require_image_root(image_root, "MIMIC-CXR", "the R2Gen mimic_cxr/images folder")
+        rows = _rows_from_annotation(read_annotation(annotation), root, meta_root, skipped)
+    else:
+        images = require_image_root(image_root or meta_root, "MIMIC-CXR", "the MIMIC-CXR-JPG root")
+        rows = _rows_from_raw(meta_root, images, Path(reports_root).resolve() if reports_root else meta_root, skipped)
+    kept = filter_readable(rows, missing_images, skipped, verify=verify_images, desc="MIMIC-CXR images")
+    if clean:
+        for row in kept:
+            row["report_raw"], row["report"] = row["report"], clean_report_mimic_cxr(row["report"])
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for row in kept:
+        by_split[row.pop("_split")].append(row)
+    return build_dataset_dict(by_split)
+
+
+def _metadata(meta_root: Path) -> dict[str, dict]:
+    rows = read_csv_rows(meta_root, METADATA, ("dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate"))
+    return {r["dicom_id"]: r for r in rows}
+
+
+def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, meta_root: Path | None, skipped: SkipLog) -> list[dict]:
+    meta = _metadata(meta_root) if meta_root is not None else {}
+    rows = []
+    for split, entries in splits.items():
+        for index, entry in enumerate(entries):
+            sid, report, paths = str(entry["id"]), entry_report(entry), entry_images(entry)
+            if report is None:
+                skipped.skip("entry without report", sid)
+                continue
+            if not report:
+                skipped.skip("empty findings", sid)
+                continue
+            subject, study = _entry_ids(entry, paths, f"{split} entry #{index} (id {sid!r})")
+            dicoms = [Path(p).stem for p in paths]
+            info = [meta.get(d, {}) for d in dicoms]
+            rows.append(empty_row(
+                id=sid, subject_id=subject, study_id=study, study_date=iso_date(info[0].get("StudyDate", "")),
+                image_paths=[str(root / p) for p in paths[:MAX_VIEWS]],
+                view_positions=[i.get("ViewPosition", "") for i in info[:MAX_VIEWS]], report=report, _split=split))
+    return rows
+
+
+def _entry_ids(entry: dict, paths: list[str], where: str) -> tuple[str, str]:
+    """subject and study ids from the entry, else from its image path `p10/p10000032/s50414267/...`."""
+    subject, study = entry.get("subject_id"), entry.get("study_id")
+    match = _PATH_IDS.search(paths[0].replace("\\", "/"))
+    if subject is None and match:
+        subject = match.group(1)
+    if study is None and match:
+        study = match.group(2)
+    if subject is None or study is None:
+        raise ValueError(f"annotation {where}: no 'subject_id'/'study_id' and none in image path {paths[0]!r}")
+    return str(subject), str(study)
+
+
+def _rows_from_raw(meta_root: Path, image_root: Path, reports_root: Path, skipped: SkipLog) -> list[dict]:
+    meta = _metadata(meta_root)
+    split_rows = read_csv_rows(meta_root, SPLIT_FILE, ("dicom_id", "study_id", "subject_id", "split"))
+    studies: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)  # (subject, study) -> [(dicom, split)]
+    for r in split_rows:
+        split = SPLIT_NAMES.get(r["split"].strip().lower())
+        if split is None:
+            raise ValueError(f"{meta_root / SPLIT_FILE}: unknown split {r['split']!r} for dicom {r['dicom_id']}")
+        studies[(r["subject_id"], r["study_id"])].append((r["dicom_id"], split))
+    rows = []
+    for (subject, study), dicoms in tqdm(sorted(studies.items()), desc="MIMIC-CXR studies", disable=len(studies) < 2000):
+        row = _raw_study(subject, study, dicoms, meta, image_root, reports_root, skipped)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _raw_study(subject: str, study: str, dicoms: list[tuple[str, str]], meta: dict, image_root: Path,
+               reports_root: Path, skipped: SkipLog) -> dict | None:
+    report_path = reports_root / f"{study_dir(subject, study)}.txt"
+    if not report_path.is_file():
+        skipped.skip("missing report file", study)
+        return None
+    findings = extract_findings_section(report_path.read_text(encoding="utf-8", errors="replace"))
+    if not findings:
+        skipped.skip("empty findings", study)
+        return None
+    views = sorted(dicoms, key=lambda d: (view_rank(meta.get(d[0], {}).get("ViewPosition", "")), d[0]))[:MAX_VIEWS]
+    info = [meta.get(d, {}) for d, _ in views]
+    # One split per study in the official file; if a study ever straddles splits, its first view decides.
+    return empty_row(
+        id=study, subject_id=subject, study_id=study, study_date=iso_date(info[0].get("StudyDate", "")),
+        image_paths=[str(image_root / study_dir(subject, study) / f"{d}.jpg") for d, _ in views],
+        view_positions=[i.get("ViewPosition", "") for i in info], report=findings, _split=views[0][1])
