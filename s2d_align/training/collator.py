@@ -1,0 +1,136 @@
+"""Batches for the curriculum stages: dataset rows -> model inputs (with the stage's auxiliary inputs).
+
+A stage is all-or-nothing for its auxiliary inputs: every sample of a stage-2 batch carries a reference (an empty one
+is encoded as empty text) and every sample of a stage-3 batch carries key phrases. Under DeepSpeed every rank must run
+the same submodules each step, and the prompt layout stays fixed within a stage.
+
+Stage-3 key phrases are a random non-empty subset of the sample's phrases, drawn afresh each epoch from
+`random.Random(f"{seed}:{epoch}:{sample_id}")`: the draw depends only on (seed, epoch, sample), never on a global RNG,
+so a resumed run (which skips batches without collating them) sees exactly the subsets of an uninterrupted one.
+`EpochCallback` tells the collator the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import torch
+from transformers import TrainerCallback
+
+STAGE_MODALITIES = {
+    1: ("image",),
+    2: ("image", "reference"),
+    3: ("image", "reference", "keyphrases"),
+}
+
+
+def sample_key_phrases(phrases, seed: int, epoch: int, sample_id: str) -> list[str]:
+    """A non-empty random subset of `phrases` (in their original order); [] when there are none."""
+    phrases = list(phrases or [])
+    if not phrases:
+        return []
+    rng = random.Random(f"{seed}:{epoch}:{sample_id}")
+    keep = sorted(rng.sample(range(len(phrases)), rng.randint(1, len(phrases))))
+    return [phrases[i] for i in keep]
+
+
+@dataclass
+class S2DAlignCollator:
+    """Collate dataset rows (`id`, `image_paths`, `report`, and per stage `reference`, `key_phrases`).
+
+    Args:
+        processor: the model's `S2DAlignProcessor`.
+        modalities: the context inputs of the stage, e.g. `STAGE_MODALITIES[2]`.
+        seed: seed of the key-phrase draw (the run's `SFTConfig.seed`).
+        epoch: current epoch (set by `EpochCallback`).
+        features: a `FeatureCache`; when given, batches carry `image_features` / `reference_features` instead of
+            pixels / reference token ids (key phrases are sampled per step, so they are always encoded live).
+    """
+
+    processor: object
+    modalities: tuple = ("image",)
+    seed: int = 0
+    epoch: int = 0
+    features: object = None
+
+    def __post_init__(self):
+        self.modalities = tuple(self.modalities)
+        if not self.modalities or self.modalities[0] != "image":
+            raise ValueError(f"every stage reads the image first; got modalities {self.modalities}")
+
+    def key_phrases(self, rows) -> list[list[str]]:
+        return [sample_key_phrases(r.get("key_phrases"), self.seed, self.epoch, r["id"]) for r in rows]
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        reports = [r["report"] for r in rows]
+        references = ([r.get("reference") or "" for r in rows] if "reference" in self.modalities else None)
+        phrases = self.key_phrases(rows) if "keyphrases" in self.modalities else None
+        if self.features is None:
+            batch = self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
+                                   references=references, key_phrases=phrases)
+            return dict(batch)
+        return self._from_cache(rows, reports, references, phrases)
+
+    # -- cached features ---------------------------------------------------------------------------------------------
+    def _from_cache(self, rows, reports, references, phrases) -> dict[str, torch.Tensor]:
+        batch = self._text(reports)
+        images = [self.features.image(r["id"]) for r in rows]
+        batch["image_features"], batch["view_mask"] = _pad_stack(images)
+        if references is not None:
+            refs = [self.features.reference(r["id"]) for r in rows]
+            batch["reference_features"], mask = _pad_stack(refs)
+            batch["reference_attention_mask"] = mask.long()
+        if phrases is not None:
+            encoded = self.processor(text=reports, key_phrases=phrases)
+            batch["keyphrase_input_ids"] = encoded["keyphrase_input_ids"]
+            batch["keyphrase_attention_mask"] = encoded["keyphrase_attention_mask"]
+        return batch
+
+    def _text(self, reports) -> dict[str, torch.Tensor]:
+        """`input_ids` / `attention_mask` / `labels` laid out as the processor lays them out in training mode
+        (prompt with this stage's placeholders, report + EOS, right padding, -100 outside the report)."""
+        prompt = self.processor.prompt_ids(self.modalities)
+        answers = [self.processor.report_ids(r, i) for i, r in enumerate(reports)]
+        width = len(prompt) + max(len(a) for a in answers)
+        tokenizer = self.processor.tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        out = {"input_ids": torch.full((len(answers), width), pad, dtype=torch.long),
+               "attention_mask": torch.zeros(len(answers), width, dtype=torch.long),
+               "labels": torch.full((len(answers), width), -100, dtype=torch.long)}
+        for i, answer in enumerate(answers):
+            row = prompt + answer
+            out["input_ids"][i, : len(row)] = torch.tensor(row)
+            out["attention_mask"][i, : len(row)] = 1
+            out["labels"][i, len(prompt): len(row)] = torch.tensor(answer)
+        return out
+
+
+def _pad_stack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (n_i, ...) tensors into (B, max n_i, ...) with zeros, plus the (B, max n_i) bool mask of real entries.
+
+    Padding to the batch's longest entry matches the processor (it pads views and reference tokens the same way),
+    which matters for the pooling connectors whose segments depend on the padded length."""
+    longest = max(t.shape[0] for t in tensors)
+    out = tensors[0].new_zeros(len(tensors), longest, *tensors[0].shape[1:])
+    mask = torch.zeros(len(tensors), longest, dtype=torch.bool)
+    for i, tensor in enumerate(tensors):
+        out[i, : tensor.shape[0]] = tensor
+        mask[i, : tensor.shape[0]] = True
+    return out, mask
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the collator the epoch at each epoch start, also when a run resumes mid-epoch.
+
+    `state.epoch` is `epoch + steps_done / steps_in_epoch`; at an epoch start it is exactly the epoch (the Trainer
+    sets it to `(e - 1) + n / n`), and after a resume it is the checkpoint's fractional value, so its floor is the
+    epoch the Trainer resumes in.
+    """
+
+    def __init__(self, collator: S2DAlignCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = math.floor(state.epoch or 0)

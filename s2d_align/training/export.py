@@ -1,0 +1,107 @@
+"""Write a stage's output: a complete, loadable model folder plus its training log and curve.
+
+With LoRA the trainer first saves the adapter (`trainer.save_model`, which under ZeRO-3 gathers the partitioned
+weights; a plain `model.save_pretrained` there writes empty LoRA tensors), then the main process rebuilds the merged
+model from the stage input + the adapter, outside `zero.Init`, and saves it with `save_pretrained` (the model class is
+registered for remote code, so the folder carries configuration_s2d.py / modeling_s2d.py / processing_s2d.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+from modeling_s2d import S2DAlignForConditionalGeneration
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoints"
+STAGE_FILE = "s2d_stage.json"
+
+
+@contextlib.contextmanager
+def outside_zero_init():
+    """Load models whole even while a ZeRO-3 `SFTConfig` is alive (its weak reference makes `from_pretrained`
+    partition the weights with `zero.Init`)."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    live = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if live is not None:
+            hf_deepspeed.set_hf_deepspeed_config(live)
+
+
+def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summary: dict) -> Path:
+    """Save the trained stage as a model folder at `output_dir`; returns it. Every process must call this."""
+    out = Path(output_dir)
+    if spec.lora:
+        adapter = out / ADAPTER_DIR
+        trainer.save_model(str(adapter))  # collective under ZeRO-3
+        if trainer.accelerator.is_main_process:
+            with outside_zero_init():
+                merged = merge_adapter(model_path, adapter, dtype)
+            merged.save_pretrained(out)
+            processor.save_pretrained(out)
+            _drop_pickles(adapter)
+    else:
+        trainer.save_model(str(out))  # the whole model (gathered under ZeRO-3), config, processor, remote code
+    if trainer.accelerator.is_main_process:
+        _drop_pickles(out)
+        write_logs(trainer.state.log_history, out, title=f"stage {spec.name}")
+        (out / "training_args.json").write_text(trainer.args.to_json_string())
+        (out / STAGE_FILE).write_text(json.dumps({**summary, "complete": True}, indent=1, default=str))
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+def merge_adapter(model_path, adapter_dir, dtype) -> S2DAlignForConditionalGeneration:
+    from peft import PeftModel
+
+    base = S2DAlignForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def _drop_pickles(folder: Path) -> None:
+    # Trainer.save_model also writes its TrainingArguments with torch.save; the folder keeps the JSON copy instead.
+    (folder / "training_args.bin").unlink(missing_ok=True)
+
+
+def is_complete(output_dir) -> bool:
+    marker = Path(output_dir) / STAGE_FILE
+    try:
+        return json.loads(marker.read_text()).get("complete", False)
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def write_logs(log_history: list[dict], out: Path, title: str = "") -> None:
+    """`log_history.json` and `training_curve.png` (training loss, and eval loss when logged, vs step)."""
+    (out / "log_history.json").write_text(json.dumps(log_history, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+        points = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
+        if points:
+            ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (report tokens)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training_curve.png", dpi=100)
+    plt.close(fig)
+
+
+def remove_checkpoints(output_dir) -> None:
+    shutil.rmtree(Path(output_dir) / CHECKPOINT_DIR, ignore_errors=True)

@@ -1,0 +1,258 @@
+"""Frozen-encoder feature cache: image-encoder (and reference text-encoder) outputs, computed once per dataset.
+
+The encoders never train (DESIGN section 2), so their outputs are the same in every stage and epoch. The cache stores
+them next to the dataset and the collator feeds them to the model as `image_features` / `reference_features`
+instead of pixels / token ids.
+
+Layout (safetensors only):
+
+    <dataset_path>/feature_cache/<key>/manifest.json               what the key was computed from (for humans)
+    <dataset_path>/feature_cache/<key>/<split>/shard-00000.safetensors
+        "image/<id>"      (V, P, d_v)  patch features of the study's V views (absent views are not stored)
+        "reference/<id>"  (L, d_t)     token features of the reference report, padding dropped
+        metadata: {"key", "fingerprint", "format"}
+
+`<key>` hashes everything the features depend on: the encoder configs, a SHA-256 of the encoder weights, the image
+processor's `to_dict()`, the text-encoder tokenizer (its full serialisation) and `max_context_tokens`, and the
+storage dtype. A shard's `fingerprint` hashes its rows (ids, image paths with file size and mtime, reference text),
+so a changed dataset or image file recomputes that shard instead of silently reusing it.
+
+Under `accelerate launch` every process computes the missing shards `i` with `i % num_processes == process_index`,
+then all processes wait at a barrier and read every shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+from transformers import MODEL_MAPPING
+
+from configuration_s2d import S2DAlignConfig
+from modeling_s2d import S2DAlignModel
+
+FORMAT_VERSION = "1"
+ENCODER_PREFIXES = ("model.vision_tower.", "model.text_encoder.")
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+# -- reading the encoders straight from the checkpoint -----------------------------------------------------------------
+def read_encoder_weights(model_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The frozen encoders' tensors of an S2D-Align folder, read from its safetensors files without building the LLM."""
+    folder = Path(model_path)
+    index = folder / "model.safetensors.index.json"
+    files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
+             else ["model.safetensors"])
+    state = {}
+    for name in files:
+        with safe_open(folder / name, framework="pt") as handle:
+            for key in handle.keys():
+                if key.startswith(ENCODER_PREFIXES):
+                    state[key] = handle.get_tensor(key)
+    if not any(k.startswith(ENCODER_PREFIXES[0]) for k in state):
+        raise ValueError(f"{folder} holds no image-encoder weights ({ENCODER_PREFIXES[0]}*) in {files}")
+    return state
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().contiguous().cpu()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_encoders(config: S2DAlignConfig, state: dict[str, torch.Tensor], device) -> S2DAlignModel:
+    """An `S2DAlignModel` whose encoders hold `state` and whose other parts stay on the meta device (never allocated):
+    `encode_images` / `encode_text` are the model's own code, so cached features are exactly what training computes.
+    The 7B LLM is never loaded for the cache."""
+    with torch.device("meta"):
+        model = S2DAlignModel(config)
+    for attr, sub_config, prefix in (("vision_tower", config.vision_config, ENCODER_PREFIXES[0]),
+                                     ("text_encoder", config.text_encoder_config, ENCODER_PREFIXES[1])):
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        # transformers' own loader: it applies the checkpoint-key conversions of the encoder's architecture
+        module, info = MODEL_MAPPING[type(sub_config)].from_pretrained(
+            None, config=sub_config, state_dict=weights, dtype=next(iter(weights.values())).dtype,
+            output_loading_info=True, **({"add_pooling_layer": False} if attr == "text_encoder" else {}))
+        if info["missing_keys"]:
+            raise ValueError(f"the {attr} weights in the checkpoint lack {sorted(info['missing_keys'])[:5]}")
+        setattr(model, attr, module.to(device).eval())
+    return model
+
+
+# -- the key -------------------------------------------------------------------------------------------------------------
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _tokenizer_identity(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()
+
+
+def cache_manifest(config: S2DAlignConfig, encoder_digest: str, processor, dtype: str) -> dict:
+    """Everything the cached features depend on; its hash is the cache key."""
+    return {
+        "format": FORMAT_VERSION,
+        "vision_config": config.vision_config.to_dict(),
+        "text_encoder_config": config.text_encoder_config.to_dict(),
+        "encoder_weights_sha256": encoder_digest,
+        "image_processor": processor.image_processor.to_dict(),
+        "text_encoder_tokenizer_sha256": _tokenizer_identity(processor.text_encoder_tokenizer),
+        "max_context_tokens": processor.max_context_tokens,
+        "dtype": dtype,
+    }
+
+
+def cache_key(manifest: dict) -> str:
+    return _sha(manifest)[:16]
+
+
+# -- shards --------------------------------------------------------------------------------------------------------------
+def _file_stamp(path: str) -> list:
+    try:
+        stat = os.stat(path)
+        return [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        return None  # the processor raises a clear error when it tries to read it
+
+
+def shard_fingerprint(rows: list[dict], with_references: bool) -> str:
+    return _sha([[r["id"], r["image_paths"], [_file_stamp(p) for p in r["image_paths"]],
+                  (r.get("reference") or "") if with_references else None] for r in rows])
+
+
+def _read_metadata(path: Path) -> dict | None:
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception:  # a truncated or foreign file is recomputed, never trusted
+        return None
+
+
+@torch.no_grad()
+def _compute_shard(encoders: S2DAlignModel, processor, rows: list[dict], with_references: bool, dtype: torch.dtype,
+                   batch_size: int) -> dict[str, torch.Tensor]:
+    device = encoders.vision_tower.device
+    tensors = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start: start + batch_size]
+        refs = [r.get("reference") or "" for r in chunk] if with_references else None
+        batch = processor(images=[list(r["image_paths"]) for r in chunk], references=refs)
+        view_mask = batch["view_mask"].to(device)
+        images = encoders.encode_images(batch["pixel_values"].to(device), view_mask)
+        for i, row in enumerate(chunk):
+            tensors[f"image/{row['id']}"] = images[i, : int(view_mask[i].sum())].to(dtype).cpu().contiguous()
+        if with_references:
+            mask = batch["reference_attention_mask"].to(device)
+            features = encoders.encode_text(batch["reference_input_ids"].to(device), mask)
+            for i, row in enumerate(chunk):
+                tensors[f"reference/{row['id']}"] = features[i, mask[i].bool()].to(dtype).cpu().contiguous()
+    return tensors
+
+
+class FeatureCache:
+    """Read access to cached features by sample id; safetensors files are opened lazily and memory-mapped."""
+
+    def __init__(self, shard_of: dict[str, Path], with_references: bool):
+        self.shard_of = shard_of
+        self.with_references = with_references
+        self._handles = {}
+
+    def _get(self, name: str, sample_id: str) -> torch.Tensor:
+        try:
+            path = self.shard_of[sample_id]
+        except KeyError:
+            raise KeyError(f"sample {sample_id!r} is not in the feature cache") from None
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, framework="pt")
+        return self._handles[path].get_tensor(f"{name}/{sample_id}")
+
+    def image(self, sample_id: str) -> torch.Tensor:
+        return self._get("image", sample_id)
+
+    def reference(self, sample_id: str) -> torch.Tensor:
+        if not self.with_references:
+            raise ValueError("this feature cache holds no reference features (the dataset has no reference column)")
+        return self._get("reference", sample_id)
+
+    def __getstate__(self):  # dataloader workers reopen the files themselves
+        return {**self.__dict__, "_handles": {}}
+
+
+def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, dtype: str = "float16",
+                          shard_size: int = 256, batch_size: int = 8, cache_root=None) -> FeatureCache:
+    """Compute the missing shards of every split in `splits` ({name: datasets.Dataset}) and return the cache.
+
+    Call it before the `SFTConfig` exists: under DeepSpeed ZeRO-3 a live config would make the encoders load
+    partitioned (`zero.Init`).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    state = PartialState()
+    config = S2DAlignConfig.from_pretrained(model_path)
+    weights = read_encoder_weights(model_path)
+    manifest = cache_manifest(config, weights_digest(weights), processor, dtype)
+    root = Path(cache_root) if cache_root else Path(dataset_path) / "feature_cache" / cache_key(manifest)
+    if state.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    with_references = all("reference" in ds.column_names for ds in splits.values())
+
+    plan = _plan_shards(root, splits, shard_size, with_references)
+    todo = [job for i, job in enumerate(j for j in plan if not j["valid"]) if i % state.num_processes ==
+            state.process_index]
+    if todo:
+        encoders = build_encoders(config, weights, state.device)
+        for job in tqdm(todo, desc=f"feature cache (process {state.process_index})", unit="shard"):
+            tensors = _compute_shard(encoders, processor, job["rows"], with_references, DTYPES[dtype], batch_size)
+            tmp = job["path"].with_name(job["path"].name + f".tmp{state.process_index}")
+            save_file(tensors, tmp, metadata={"key": root.name, "fingerprint": job["fingerprint"],
+                                              "format": FORMAT_VERSION})
+            os.replace(tmp, job["path"])  # atomic: a killed run never leaves a half-written shard under the real name
+        del encoders
+    del weights
+    state.wait_for_everyone()
+
+    shard_of = {}
+    for job in plan:
+        if not job["valid"] and not _shard_is_valid(job["path"], job["fingerprint"]):
+            raise RuntimeError(f"feature-cache shard {job['path']} is missing or stale after computing it")
+        shard_of.update({r["id"]: job["path"] for r in job["rows"]})
+    return FeatureCache(shard_of, with_references)
+
+
+def _shard_is_valid(path: Path, fingerprint: str) -> bool:
+    meta = _read_metadata(path) if path.is_file() else None
+    return bool(meta) and meta.get("fingerprint") == fingerprint and meta.get("format") == FORMAT_VERSION
+
+
+def _plan_shards(root: Path, splits: dict, shard_size: int, with_references: bool) -> list[dict]:
+    seen, plan = {}, []
+    columns = ["id", "image_paths"] + (["reference"] if with_references else [])
+    for split, dataset in splits.items():
+        rows = dataset.select_columns(columns).to_list()
+        for row in rows:  # the collator looks features up by id, so an id must name one sample
+            if seen.setdefault(row["id"], split) != split:
+                raise ValueError(f"sample id {row['id']!r} appears in splits {seen[row['id']]!r} and {split!r}; "
+                                 "the feature cache needs ids unique across the splits it serves")
+        if len({r["id"] for r in rows}) != len(rows):
+            raise ValueError(f"split {split!r} holds duplicate sample ids; the feature cache needs unique ids")
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for index, start in enumerate(range(0, len(rows), shard_size)):
+            chunk = rows[start: start + shard_size]
+            path = root / split / f"shard-{index:05d}.safetensors"
+            fingerprint = shard_fingerprint(chunk, with_references)
+            plan.append({"path": path, "rows": chunk, "fingerprint": fingerprint,
+                         "valid": _shard_is_valid(path, fingerprint)})
+    return plan

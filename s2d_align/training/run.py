@@ -1,0 +1,117 @@
+"""Run one curriculum stage, or a whole curriculum, with TRL's `SFTTrainer`.
+
+`run_stage(model_path, dataset_path, output_dir, stage, **sft_overrides)` trains one stage from the S2D-Align folder
+`model_path` and writes a complete model folder to `output_dir` (see `s2d_align.training` for its layout);
+`run_curriculum` chains stages, each starting from the previous stage's output.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers.trainer_utils import get_last_checkpoint
+
+from modeling_s2d import S2DAlignForConditionalGeneration
+from processing_s2d import S2DAlignProcessor
+
+from .collator import EpochCallback, S2DAlignCollator
+from .export import CHECKPOINT_DIR, export_stage, is_complete
+from .features import prepare_feature_cache
+from .inputs import check_model_folder, load_splits
+from .stages import SFT_FORCED, lora_config, parse_curriculum, resolve_stage, sft_defaults
+
+logger = logging.getLogger(__name__)
+
+# Keyword arguments of run_stage that are not SFTConfig fields.
+STAGE_OPTIONS = ("resume", "callbacks", "feature_cache", "cache_dtype", "cache_shard_size", "dtype", "lora_r",
+                 "lora_alpha", "lora_dropout", "train_split", "eval_split")
+
+
+def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = False, callbacks=None,
+              feature_cache: bool = True, cache_dtype: str = "float16", cache_shard_size: int = 256,
+              dtype: str = "auto", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
+              train_split: str = "train", eval_split: str = "validation", **sft_overrides) -> str:
+    """Train one stage (1, 2, 3, "s1".."s3" or "joint") and return the folder of the trained model.
+
+    `sft_overrides` are `SFTConfig` fields; they win over the stage's paper defaults. `resume=True` continues from
+    the last checkpoint in `output_dir/checkpoints` (a fresh start when there is none); `resume_from_checkpoint=PATH`
+    names one. `feature_cache` precomputes the frozen encoders' outputs next to the dataset; `dtype` is the dtype the
+    model is loaded in ("auto": the checkpoint's).
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    spec = resolve_stage(stage)
+    model_path = check_model_folder(model_path)
+    out = Path(output_dir)
+    wants_eval = sft_overrides.get("eval_strategy", "no") not in ("no", None)
+    data = load_splits(dataset_path, spec, {"train": train_split, **({"eval": eval_split} if wants_eval else {})})
+    processor = S2DAlignProcessor.from_pretrained(model_path)
+    # before the SFTConfig exists: a live ZeRO-3 config would make the encoders load partitioned
+    cache = (prepare_feature_cache(model_path, dataset_path, data, processor, dtype=cache_dtype,
+                                   shard_size=cache_shard_size) if feature_cache else None)
+
+    checkpoint = sft_overrides.pop("resume_from_checkpoint", None)
+    args = SFTConfig(**{**sft_defaults(spec), **sft_overrides, **SFT_FORCED,
+                        "output_dir": str(out / CHECKPOINT_DIR)})
+    if resume and checkpoint is None and Path(args.output_dir).is_dir():
+        checkpoint = get_last_checkpoint(args.output_dir)
+    # created after the SFTConfig, so that under ZeRO-3 the weights load partitioned (zero.Init)
+    model = S2DAlignForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
+    load_dtype = model.dtype
+    if args.deepspeed_plugin is None:  # DeepSpeed keeps float32 master weights itself
+        upcast_trainables(model)
+    collator = S2DAlignCollator(processor, spec.modalities, seed=args.seed, features=cache)
+    trainer = SFTTrainer(model=model, args=args, data_collator=collator, train_dataset=data["train"],
+                         eval_dataset=data.get("eval"), processing_class=processor,
+                         peft_config=lora_config(spec, lora_r, lora_alpha, lora_dropout) if spec.lora else None,
+                         callbacks=[EpochCallback(collator), *(callbacks or [])])
+    inner = trainer.model.get_base_model() if spec.lora else trainer.model
+    trainable = inner.set_stage(spec.trainable)  # after PEFT wrapped the model: LoRA + the stage's adapters only
+    logger.info("stage %s: %d trainable parameters, resuming from %s", spec.name, trainable, checkpoint)
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    summary = {"stage": spec.name, "input_model": str(model_path), "dataset": str(dataset_path),
+               "modalities": list(spec.modalities), "lora": spec.lora, "trainable_parameters": trainable,
+               "global_step": trainer.state.global_step, "train_loss": result.training_loss,
+               "resumed_from": checkpoint, "feature_cache": feature_cache}
+    folder = export_stage(trainer, spec, model_path, out, processor, load_dtype, summary)
+    del trainer, model, inner
+    gc.collect()
+    return str(folder)
+
+
+def upcast_trainables(model: S2DAlignForConditionalGeneration) -> None:
+    """Keep the adapters in float32 when the model loads in half precision: AdamW updates of bf16 weights are lost to
+    rounding (LoRA weights are float32 already, PEFT upcasts them). The model casts at the adapter boundaries, and
+    the exported folder is rebuilt in the load dtype. DeepSpeed keeps float32 master weights itself."""
+    if model.dtype in (torch.float16, torch.bfloat16):
+        model.model.connector.float()
+        model.model.view_embedding.float()
+
+
+def run_curriculum(model_path, dataset_path, output_dir, curriculum: str = "s1,s2,s3", *, resume: bool = False,
+                   **overrides) -> str:
+    """Run the stages of `curriculum` ('s1,s2,s3', 's1,s3,s2', 'joint', ...) in order, each from the previous
+    stage's output, into `output_dir/<stage>`; returns the last stage's folder. With `resume=True` finished stages
+    are skipped and an interrupted one continues from its last checkpoint."""
+    specs = parse_curriculum(curriculum)
+    root = Path(output_dir)
+    current, done = str(model_path), []
+    for spec in specs:
+        stage_dir = root / spec.name
+        if resume and is_complete(stage_dir):
+            logger.info("stage %s already complete in %s: skipped", spec.name, stage_dir)
+        else:
+            run_stage(current, dataset_path, stage_dir, spec.name, resume=resume, **overrides)
+        current = str(stage_dir)
+        done.append({"stage": spec.name, "folder": current})
+    if PartialState().is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "curriculum.json").write_text(json.dumps({"curriculum": [s.name for s in specs], "input_model":
+                                                          str(model_path), "stages": done, "final": current}, indent=1))
+    return current

@@ -1,0 +1,120 @@
+"""The curriculum: what each stage reads and trains, its paper defaults, and how curricula are spelled.
+
+| stage | context inputs                  | trains (`set_stage`)                        | LoRA | epochs | lr    |
+|-------|---------------------------------|---------------------------------------------|------|--------|-------|
+| s1    | image                           | Q_mem, SMA_v, view embedding                 | no   | 8      | 3e-4  |
+| s2    | image + reference               | + SMA_t, LoRA                                | yes  | 5      | 1e-4  |
+| s3    | image + reference + key phrases | + SMA_p                                      | yes  | 3      | 5e-5  |
+| joint | image + reference + key phrases | everything of s3, from the start             | yes  | 16     | 3e-4  |
+
+`joint` is the paper's "all signals at once" ablation. The paper gives no schedule for it; we train it for 16 epochs,
+the whole curriculum's budget (8 + 5 + 3), so the comparison with `s1,s2,s3` is at equal compute, and at stage 1's
+learning rate because its adapters start from scratch, as in stage 1.
+
+All stages: AdamW, cosine schedule with 3% linear warmup (`warmup_steps=0.03`: transformers 5 reads a float below 1
+as a ratio; `warmup_ratio` is gone). Values the user passes always win over these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .collator import STAGE_MODALITIES
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# The adapters are trained alongside LoRA; PEFT keeps a trainable copy of each (saved in the adapter file) and
+# `set_stage` decides which copies actually train in a stage.
+MODULES_TO_SAVE = ["connector.memory_bank", "connector.adapters.image", "connector.adapters.reference",
+                   "connector.adapters.keyphrases", "view_embedding"]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str  # "s1", "s2", "s3" or "joint"
+    trainable: int  # the `set_stage` argument
+    lora: bool
+    num_train_epochs: float
+    learning_rate: float
+
+    @property
+    def modalities(self) -> tuple:
+        return STAGE_MODALITIES[self.trainable]
+
+    @property
+    def required_columns(self) -> tuple:
+        extra = {"reference": "reference", "keyphrases": "key_phrases"}
+        return ("id", "image_paths", "report") + tuple(extra[m] for m in self.modalities if m in extra)
+
+
+STAGES = {
+    "s1": StageSpec("s1", 1, lora=False, num_train_epochs=8, learning_rate=3e-4),
+    "s2": StageSpec("s2", 2, lora=True, num_train_epochs=5, learning_rate=1e-4),
+    "s3": StageSpec("s3", 3, lora=True, num_train_epochs=3, learning_rate=5e-5),
+    "joint": StageSpec("joint", 3, lora=True, num_train_epochs=16, learning_rate=3e-4),
+}
+
+
+def resolve_stage(stage) -> StageSpec:
+    """1 / "1" / "s1" / "joint" -> its `StageSpec`."""
+    name = str(stage).strip().lower()
+    name = f"s{name}" if name.isdigit() else name
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of 1, 2, 3, {', '.join(STAGES)}")
+    return STAGES[name]
+
+
+def parse_curriculum(curriculum: str) -> list[StageSpec]:
+    """'s1,s2,s3' -> specs. Any order of distinct stages ('s1', 's1,s2', 's1,s3', 's1,s3,s2', 's1,s2,s3'), or
+    'joint' alone."""
+    names = [part.strip().lower() for part in str(curriculum).split(",") if part.strip()]
+    specs = [resolve_stage(name) for name in names]
+    if not specs:
+        raise ValueError(f"empty curriculum {curriculum!r}")
+    if len({s.name for s in specs}) != len(specs):
+        raise ValueError(f"curriculum {curriculum!r} repeats a stage")
+    if any(s.name == "joint" for s in specs) and len(specs) > 1:
+        raise ValueError(f"'joint' trains every signal at once and is a curriculum of its own, got {curriculum!r}")
+    return specs
+
+
+def sft_defaults(spec: StageSpec) -> dict:
+    """`SFTConfig` values of a stage before the user's overrides."""
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {
+        "num_train_epochs": spec.num_train_epochs,
+        "learning_rate": spec.learning_rate,
+        "optim": "adamw_torch",
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.03,
+        "logging_steps": 10,
+        "bf16": bf16,
+        "report_to": "none",
+        # every trainable parameter is used at every step (a stage is all-or-nothing for its inputs)
+        "ddp_find_unused_parameters": False,
+    }
+
+
+# Not overridable: the rows carry their own columns (images, reference, key phrases) into our collator.
+SFT_FORCED = {"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}}
+
+
+def lora_config(spec: StageSpec, r: int = 16, alpha: int = 32, dropout: float = 0.05):
+    """LoRA on the LLM's linear layers, and the stage's trainable adapters in `modules_to_save`.
+
+    Only the adapters this stage trains are wrapped (stage 2 leaves out the key-phrase adapter): a wrapped copy that
+    `set_stage` freezes would be dropped by ZeRO-3's save (it gathers trainable parameters only) and PEFT's adapter
+    save then fails on the missing keys. The merged model is the same either way."""
+    from peft import LoraConfig
+
+    trained = [m for m in MODULES_TO_SAVE if any(m.startswith(g) for g in _stage_groups(spec.trainable))]
+    # a string target is a full-match regex: the LLM's linear layers only, never the encoders or the adapters
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=LORA_TARGETS,
+                      modules_to_save=trained, bias="none")
+
+
+def _stage_groups(stage: int) -> tuple:
+    from modeling_s2d import STAGE_TRAINABLE
+
+    return STAGE_TRAINABLE[stage]

@@ -1,0 +1,82 @@
+"""Stand-ins for the pretrained checkpoints in the CPU demo.
+
+A tiny random LLM is not a language model and a tiny random ViT is not Rad-DINO. Before the curriculum runs
+unchanged, the demo gives them what pretraining gives the real ones:
+  - the LLM learns report text (phantom training reports + the real IU X-Ray reports) after the prompt, the way
+    Vicuna already writes fluent text when asked (`pretrain_llm`);
+  - the image encoder learns to see the phantom's findings, the way Rad-DINO already represents chest anatomy
+    (`pretrain_vision`: multi-label classification of the training studies' key phrases from pooled patch tokens,
+    with a head that is thrown away).
+Both use the transformers `Trainer`; then the encoder is frozen again by the curriculum, as Rad-DINO is.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from processing_s2d import load_radiograph
+
+
+def _args(output_dir: str, epochs: float, lr: float, batch_size: int, seed: int) -> TrainingArguments:
+    return TrainingArguments(output_dir=output_dir, num_train_epochs=epochs, learning_rate=lr,
+                             per_device_train_batch_size=batch_size, lr_scheduler_type="cosine",
+                             warmup_steps=0.05, weight_decay=0.01, logging_steps=10, save_strategy="no",
+                             report_to=[], seed=seed, use_cpu=not torch.cuda.is_available(),
+                             remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0)
+
+
+def pretrain_llm(model, processor, reports: list[str], output_dir: str, *, epochs: float = 2, lr: float = 2e-3,
+                 batch_size: int = 32, seed: int = 0) -> list[dict]:
+    """Train the LLM body and head as a report language model after the (context-free) prompt."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(("model.language_model.", "lm_head.")))
+    dataset = Dataset.from_dict({"report": [r for r in reports if r.strip()]})
+    trainer = Trainer(model=model, args=_args(output_dir, epochs, lr, batch_size, seed), train_dataset=dataset,
+                      data_collator=lambda rows: processor(text=[r["report"] for r in rows]))
+    trainer.train()
+    model.requires_grad_(False)
+    return trainer.state.log_history
+
+
+class _VisionProbe(nn.Module):
+    """Dinov2 + a linear head on mean-pooled patch tokens (the head is discarded after pretraining)."""
+
+    def __init__(self, vision_tower: nn.Module, num_targets: int):
+        super().__init__()
+        self.vision_tower = vision_tower
+        self.head = nn.Linear(vision_tower.config.hidden_size, num_targets)
+
+    def forward(self, pixel_values, targets):
+        patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+        logits = self.head(patches.mean(1))
+        return {"loss": nn.functional.binary_cross_entropy_with_logits(logits, targets), "logits": logits}
+
+
+def pretrain_vision(model, processor, train_rows: Dataset, output_dir: str, *, epochs: float = 6,
+                    lr: float = 1e-3, batch_size: int = 32, min_count: int = 5, seed: int = 0) -> list[dict]:
+    """Teach the image encoder the phantom's findings (frontal view) through their key phrases."""
+    counts = Counter(p for phrases in train_rows["key_phrases"] for p in phrases)
+    vocabulary = sorted(p for p, n in counts.items() if n >= min_count)
+    index = {p: i for i, p in enumerate(vocabulary)}
+    images = [load_radiograph(paths[0]) for paths in train_rows["image_paths"]]
+    pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    targets = torch.zeros(len(images), len(vocabulary))
+    for row, phrases in enumerate(train_rows["key_phrases"]):
+        for phrase in phrases:
+            if phrase in index:
+                targets[row, index[phrase]] = 1.0
+    dataset = Dataset.from_dict({"pixel_values": pixels.numpy(), "targets": targets.numpy()}).with_format("torch")
+    vision = model.model.vision_tower
+    vision.requires_grad_(True)
+    vision.train()
+    probe = _VisionProbe(vision, len(vocabulary))
+    trainer = Trainer(model=probe, args=_args(output_dir, epochs, lr, batch_size, seed), train_dataset=dataset)
+    trainer.train()
+    vision.requires_grad_(False)
+    vision.eval()
+    return trainer.state.log_history
