@@ -20,15 +20,18 @@ from .vocab import (ANATOMY_ADJECTIVES, CLAUSE_BREAK, DESCRIPTORS, FILLERS, LATE
 # Canonical heads where the matched phrase-list stem is not itself a good noun phrase.
 HEAD_BY_WORD = {
     "effusion": "pleural effusion", "effusions": "pleural effusions", "pneumothoraces": "pneumothorax",
-    "atelectatic": "atelectasis", "edema": "pulmonary edema", "consolidative": "consolidation",
+    "atelectatic": "atelectasis", "consolidative": "consolidation",
     "consolidated": "consolidation", "cardiac enlargement": "cardiomegaly", "enlarged heart": "cardiomegaly",
 }
+# "edema" alone is pulmonary edema; with its own modifier ("interstitial edema") it keeps that one.
+BARE_HEAD = {"edema": "pulmonary edema"}
 # Observations whose every positive mention means the same head whatever words matched ("the heart").
 FIXED_HEAD = {"Cardiomegaly": "cardiomegaly", "Enlarged Cardiomediastinum": "enlarged cardiomediastinum"}
 NORMAL_PHRASE = {"Cardiomegaly": "normal heart size", "Enlarged Cardiomediastinum": "normal cardiomediastinal silhouette"}
 # Words that are a modifier when matched but need their noun ("degenerative" -> "degenerative changes").
 ADJECTIVE_ENDINGS = ("ive", "ic", "ed", "al", "ous", "ary")
 MAX_MODIFIERS = 5
+GRADES = {"mild", "moderate", "severe", "marked", "minimal", "slight"}  # of cardiomegaly ("large" is not)
 NOT_A_NOUN = {"is", "are", "was", "were", "and", "or", "with", "of", "in", "at", "to", "xxxx", "the", "a", "an",
               "seen", "noted", "present", "again", "identified", "which", "that", "may", "could", "without"}
 # A severity after the head only in a copular predicate ("the heart is mildly enlarged", "effusion is
@@ -62,10 +65,10 @@ def extract_rule_phrases(report: str) -> list[str]:
 
 def sentence_phrases(mentions: list[Mention]) -> list[str]:
     """One phrase per mention of a sentence. Folded into the next mention: a device "tip" beside its
-    device, a mention directly followed by one of the same observation ("PICC" + "line"), and an
-    adjective mention right before another mention ("calcified" + "granuloma")."""
-    mentions = sorted(mentions, key=lambda m: m.start)
+    device, a mention directly followed by another ("PICC" + "line", "tracheostomy" + "tube"), and an
+    adjective mention a few modifier words before another ("calcified" + "right hilar" + "granulomas")."""
     low = mentions[0].sentence.lower()
+    mentions = _without_overlaps(sorted(mentions, key=lambda m: (m.start, m.start - m.end)), low)
     kept = [m for i, m in enumerate(mentions) if not _folded(low, m, mentions, i)]
     out = []
     for i, m in enumerate(kept):
@@ -75,6 +78,20 @@ def sentence_phrases(mentions: list[Mention]) -> list[str]:
     return out
 
 
+def _without_overlaps(mentions: list[Mention], low: str) -> list[Mention]:
+    """One mention per stretch of words: "nodular opacity" (lesion) swallows its "opacity" (opacity),
+    "pleural thickening" its "thickening". A "No Finding"-list word used as a place ("in the fissures")
+    is no finding at all."""
+    kept: list[Mention] = []
+    for m in mentions:
+        if kept and m.start < kept[-1].end:
+            continue
+        if m.observation == "No Finding" and re.search(r"\b(?:in|of|along|within) the $", low[:m.start]):
+            continue
+        kept.append(m)
+    return kept
+
+
 def _folded(low: str, m: Mention, mentions: list[Mention], i: int) -> bool:
     if m.observation == "Support Devices" and low[m.start:m.end] == "tip":
         return sum(x.observation == "Support Devices" for x in mentions) > 1
@@ -82,7 +99,7 @@ def _folded(low: str, m: Mention, mentions: list[Mention], i: int) -> bool:
     if nxt is None or nxt.status != m.status or low[nxt.start:nxt.end] == "tip":  # tips fold, not absorb
         return False
     between = WORD.findall(low[m.end:nxt.start])
-    if nxt.observation == m.observation and not between:  # "picc" + "line" -> "picc line"
+    if not low[m.end:nxt.start].strip():  # a compound noun: "picc" + "line", "tracheostomy" + "tube"
         return True
     return low[m.start:m.end].endswith(ADJECTIVE_ENDINGS) and len(between) <= 3 and all(map(_is_modifier, between))
 
@@ -120,8 +137,12 @@ def compose(m: Mention, clause: Clause) -> str:
     location, tail = "", after
     if found:
         tail = after[: found.start("prep") if found["prep"] else found.start("bare_side")]
-        location = " ".join(w for w in (found["prep"] or _default_prep(found["noun"]), "the",
-                                        found["side"] or found["bare_side"], found["level"], found["noun"]) if w)
+        loc_side = (found["side"] or found["bare_side"] or "").strip()
+        article = "" if loc_side == "both" else "the"  # "in both lung bases"
+        location = " ".join(w for w in (found["prep"] or _default_prep(found["noun"]), article, loc_side,
+                                        found["level"], found["noun"]) if w)
+        # IU de-identification masks the word after "costophrenic"; "angle" is the usual one there.
+        location = " ".join(location.split()).replace("costophrenic xxxx", "costophrenic angle")
     extra = []
     tail_severity = TAIL_SEVERITY.match(tail)
     if not severity and tail_severity and tail_severity["word"] in SEVERITY:
@@ -129,10 +150,12 @@ def compose(m: Mention, clause: Clause) -> str:
     tail_side = TAIL_SIDE.search(tail)
     if not side and tail_side and not (found and (found["side"] or found["bare_side"])):
         extra.append(tail_side["side"] or "bilateral")
-    if m.observation in FIXED_HEAD:  # "the heart", "cardiac silhouette": only the severity matters
-        head, modifiers, extra = FIXED_HEAD[m.observation], [w for w in modifiers + extra if w in SEVERITY.values()], []
+    if m.observation in FIXED_HEAD:  # "the heart", "cardiac silhouette": only a grade of enlargement matters
+        head, modifiers, extra = FIXED_HEAD[m.observation], [w for w in modifiers + extra if w in GRADES], []
+    if head in BARE_HEAD and not modifiers:
+        head = BARE_HEAD[head]
     head_words = set(head.split())
-    modifiers = [w for w in extra + modifiers if w not in head_words]  # "pleural" + "pleural effusion"
+    modifiers = [w for w in _merge(modifiers, extra) if w not in head_words]  # "pleural" + "pleural effusion"
     frame = {NEGATIVE: "no", UNCERTAIN: "possible", POSITIVE: ""}[m.status]
     words = " ".join(w for w in (frame, *modifiers, head, trailing, location) if w).split()
     # IU de-identification leaves "XXXX" in place of words ("sternotomy XXXX"): never part of a phrase.
@@ -140,7 +163,21 @@ def compose(m: Mention, clause: Clause) -> str:
 
 
 def _default_prep(noun: str) -> str:
-    return "at" if noun.endswith(("base", "bases", "apex", "apices")) else "in"
+    if noun.endswith(("base", "bases", "apex", "apices")):
+        return "at"
+    return "of" if noun in ("hemidiaphragm", "spine", "thoracic spine", "aorta", "thoracic aorta") else "in"
+
+
+def _merge(modifiers: list[str], extra: list[str]) -> list[str]:
+    """Modifiers stated after the head go in front, a side after any leading severity ("mild bilateral")."""
+    words = list(modifiers)
+    for word in extra:
+        at = 0
+        if word not in SEVERITY.values():
+            while at < len(words) and words[at] in SEVERITY.values():
+                at += 1
+        words.insert(at, word)
+    return words
 
 
 def head_of(m: Mention) -> tuple[str, str]:

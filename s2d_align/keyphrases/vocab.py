@@ -33,7 +33,7 @@ DESCRIPTORS = {
     "hazy", "reticular", "coarse", "diffuse", "multifocal", "scattered", "pulmonary", "vascular", "alveolar",
     "consolidative", "residual", "old", "healed", "granulomatous", "cardiac", "aortic", "thoracic", "rib",
     "dual", "lumen", "chest", "wall", "tracheostomy", "dialysis", "subclavian", "jugular", "ij", "port",
-    "suspicious", "pneumonic", "segmental", "cavitary", "bony", "osseous", "vertebral", "mediport",
+    "suspicious", "pneumonic", "segmental", "internal", "external", "compressive", "cavitary", "bony", "osseous", "vertebral", "mediport",
 }
 
 # Words that are part of a size/side expression but add nothing ("moderate-sized", "right-sided").
@@ -44,10 +44,10 @@ FILLERS = {"sized", "size", "sided"}
 # side right after the head is accepted without one.
 LOCATION_AFTER = re.compile(
     r"^(?:(?:\S+\s+){0,3}?(?P<prep>at|in|within|involving|of|over|overlying|projecting over|along)\s+"
-    r"(?:the\s+)?(?P<side>(?:right|left|bilateral)\s+)?|(?P<bare_side>(?:right|left)\s+))"
+    r"(?:the\s+)?(?P<side>(?:right|left|bilateral|both)\s+)?|(?P<bare_side>(?:right|left)\s+))"
     r"(?P<level>(?:upper|middle|mid|lower)\s+)?"
     r"(?P<noun>lung bases|lung base|lung apex|lung apices|bases|base|apex|apices|lobes|lobe|lingula|midlung|"
-    r"mid lung|upper lungs?|lower lungs?|lungs?|hemithorax|costophrenic (?:angle|sulcus|recess)|hilum|hila|"
+    r"mid lung|upper lungs?|lower lungs?|lungs?|hemithorax|costophrenic (?:angle|sulcus|recess|xxxx)|hilum|hila|"
     r"perihilar region|lung zones?|zones?|hemidiaphragm|thoracic spine|spine|thoracic aorta|aorta|ribs?)\b"
 )
 

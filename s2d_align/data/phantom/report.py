@@ -18,7 +18,7 @@ Sentence = tuple[str, dict[str, int]]  # (text, labels it states)
 
 # Opacity zones in IU phrasing: "right upper lung", "left midlung", "right lung base".
 ZONE_NAMES = {"upper": "{side} upper lung", "mid": "{side} midlung", "lower": "{side} lung base"}
-DEVICE_PHRASES = {"endotracheal tube": "endotracheal tube", "picc line": "right PICC line",
+DEVICE_PHRASES = {"endotracheal tube": "endotracheal tube", "picc line": "right picc line",
                   "nasogastric tube": "nasogastric tube"}
 
 

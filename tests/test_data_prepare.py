@@ -1,0 +1,102 @@
+"""`s2d prepare` end to end: phantom via the CLI, IU X-Ray with retrieval on a tiny Dinov2, MIMIC raw."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from PIL import Image
+
+from s2d_align.cli import main
+from s2d_align.data.iu_xray import BUNDLED_ANNOTATION
+from s2d_align.data.prepare import prepare
+from s2d_align.data.schema import BASE_FEATURES, SPLITS
+from s2d_align.keyphrases import extract_key_phrases
+
+RAW_MIMIC = Path(__file__).resolve().parent / "fixtures" / "data_mimic_raw"
+
+
+def test_cli_phantom(tmp_path, capsys):
+    out = tmp_path / "phantom"
+    assert main(["prepare", "--dataset", "phantom", "--num-patients", "8", "--image-size", "48", "--seed", "2",
+                 "--out", str(out)]) == 0
+    assert "prepared phantom" in capsys.readouterr().out
+    dsd = load_from_disk(str(out))
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert summary["counts"] == {s: len(dsd[s]) for s in SPLITS}
+    assert summary["options"]["keyphrases"] == "ground_truth" and summary["options"]["image_size"] == 48
+    assert set(BASE_FEATURES) <= set(dsd["train"].column_names)
+
+
+def test_phantom_with_rule_key_phrases_and_no_references(tmp_path):
+    dsd = prepare("phantom", tmp_path, num_patients=4, image_size=32, keyphrases="rules", reference="none")
+    row = dsd["train"][0]
+    assert row["key_phrases"] == extract_key_phrases(row["report"])
+    assert set(dsd["train"]["reference_id"]) == {""}
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    import torch
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    path = tmp_path_factory.mktemp("dinov2")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                             patch_size=8, image_size=32)).save_pretrained(path)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def test_iu_retrieval_with_a_feature_model(tmp_path, tiny_dinov2):
+    data = json.loads(BUNDLED_ANNOTATION.read_text())
+    sub = {"train": data["train"][:6], "val": data["val"][:2], "test": data["test"][:2]}
+    ann = tmp_path / "annotation.json"
+    ann.write_text(json.dumps(sub))
+    rng = np.random.default_rng(0)
+    for e in (e for split in sub.values() for e in split):
+        for rel in e["image_path"]:
+            path = tmp_path / "images" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(path)
+    out = tmp_path / "out"
+    assert main(["prepare", "--dataset", "iu_xray", "--annotation", str(ann), "--image-root", str(tmp_path / "images"),
+                 "--reference", "retrieval", "--feature-model", str(tiny_dinov2), "--clean", "--out", str(out)]) == 0
+    dsd = load_from_disk(str(out))
+    train = {r["id"]: r for r in dsd["train"]}
+    for split in SPLITS:
+        for row in dsd[split]:
+            assert row["reference_id"] in train and row["reference_id"] != row["id"]
+            assert row["reference"] == train[row["reference_id"]]["report"]
+            assert row["key_phrases"] == extract_key_phrases(row["report_raw"])  # from the uncleaned text
+            assert row["report"] == row["report"].lower()
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert summary["options"]["reference"] == "retrieval" and summary["options"]["clean"] is True
+    assert summary["options"]["feature_model"] == str(tiny_dinov2)
+    assert summary["references"]["by_split"]["validation"] == {"same_patient": 0, "retrieval": 2, "none": 0}
+
+
+def test_mimic_raw_prepare_summary(tmp_path):
+    root = tmp_path / "mimic"
+    shutil.copytree(RAW_MIMIC, root)
+    out = tmp_path / "out"
+    dsd = prepare("mimic_cxr", out, mimic_root=root, missing_images="skip")
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert summary["counts"] == {"train": 4, "validation": 1, "test": 1}
+    assert summary["skipped"]["by_reason"] == {"empty findings": 1, "missing image": 1}
+    assert summary["references"]["no_reference"] == 2
+    assert summary["options"]["keyphrases"] == "rules" and summary["options"]["reference"] == "same_patient"
+    row = dsd["train"][dsd["train"]["id"].index("53911762")]
+    assert row["key_phrases"] == ["mild cardiomegaly", "no focal consolidation"]
+    assert row["reference_id"] == "53189527"
+
+
+def test_unknown_options_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'chexpert'"):
+        prepare("chexpert", tmp_path)
+    with pytest.raises(ValueError, match="unknown prepare option 'colour'"):
+        prepare("phantom", tmp_path, colour="red")
