@@ -57,7 +57,11 @@ class S2DAlignArguments:
 def make_parser():
     from trl import SFTConfig, TrlParser
 
-    return TrlParser((S2DAlignArguments, SFTConfig))
+    from s2d_align.training.stages import default_bf16
+
+    parser = TrlParser((S2DAlignArguments, SFTConfig))
+    parser.set_defaults(bf16=default_bf16())  # so that parsing the arguments works on a CPU-only machine
+    return parser
 
 
 def explicit_values(argv: list[str]) -> dict:

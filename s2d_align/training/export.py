@@ -8,32 +8,16 @@ registered for remote code, so the folder carries configuration_s2d.py / modelin
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 from pathlib import Path
 
 from modeling_s2d import S2DAlignForConditionalGeneration
 
+from .zero import outside_zero_init
+
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoints"
 STAGE_FILE = "s2d_stage.json"
-
-
-@contextlib.contextmanager
-def outside_zero_init():
-    """Load models whole even while a ZeRO-3 `SFTConfig` is alive (its weak reference makes `from_pretrained`
-    partition the weights with `zero.Init`)."""
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
-    live = ref() if ref is not None else None
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        if live is not None:
-            hf_deepspeed.set_hf_deepspeed_config(live)
 
 
 def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summary: dict) -> Path:
@@ -49,6 +33,8 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
             processor.save_pretrained(out)
             _drop_pickles(adapter)
     else:
+        if trainer.args.deepspeed_plugin is None:
+            trainer.model.to(dtype)  # back from the float32 adapters of `upcast_trainables`
         trainer.save_model(str(out))  # the whole model (gathered under ZeRO-3), config, processor, remote code
     if trainer.accelerator.is_main_process:
         _drop_pickles(out)
@@ -101,7 +87,3 @@ def write_logs(log_history: list[dict], out: Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(out / "training_curve.png", dpi=100)
     plt.close(fig)
-
-
-def remove_checkpoints(output_dir) -> None:
-    shutil.rmtree(Path(output_dir) / CHECKPOINT_DIR, ignore_errors=True)

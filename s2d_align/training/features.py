@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -37,6 +38,8 @@ from transformers import MODEL_MAPPING
 
 from configuration_s2d import S2DAlignConfig
 from modeling_s2d import S2DAlignModel
+
+from .zero import outside_zero_init
 
 FORMAT_VERSION = "1"
 ENCODER_PREFIXES = ("model.vision_tower.", "model.text_encoder.")
@@ -162,19 +165,25 @@ def _compute_shard(encoders: S2DAlignModel, processor, rows: list[dict], with_re
 
 
 class FeatureCache:
-    """Read access to cached features by sample id; safetensors files are opened lazily and memory-mapped."""
+    """Read access to cached features by sample id. Shards are opened lazily (memory-mapped) and at most
+    `max_open` stay open, so a MIMIC-scale cache (thousands of shards) stays under the open-file limit."""
 
-    def __init__(self, shard_of: dict[str, Path], with_references: bool):
+    def __init__(self, shard_of: dict[str, Path], with_references: bool, max_open: int = 64):
         self.shard_of = shard_of
         self.with_references = with_references
-        self._handles = {}
+        self.max_open = max_open
+        self._handles = OrderedDict()
 
     def _get(self, name: str, sample_id: str) -> torch.Tensor:
         try:
             path = self.shard_of[sample_id]
         except KeyError:
             raise KeyError(f"sample {sample_id!r} is not in the feature cache") from None
-        if path not in self._handles:
+        if path in self._handles:
+            self._handles.move_to_end(path)
+        else:
+            if len(self._handles) >= self.max_open:
+                self._handles.popitem(last=False)
             self._handles[path] = safe_open(path, framework="pt")
         return self._handles[path].get_tensor(f"{name}/{sample_id}")
 
@@ -187,7 +196,7 @@ class FeatureCache:
         return self._get("reference", sample_id)
 
     def __getstate__(self):  # dataloader workers reopen the files themselves
-        return {**self.__dict__, "_handles": {}}
+        return {**self.__dict__, "_handles": OrderedDict()}
 
 
 def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, dtype: str = "float16",
@@ -213,7 +222,8 @@ def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, 
     todo = [job for i, job in enumerate(j for j in plan if not j["valid"]) if i % state.num_processes ==
             state.process_index]
     if todo:
-        encoders = build_encoders(config, weights, state.device)
+        with outside_zero_init():
+            encoders = build_encoders(config, weights, state.device)
         for job in tqdm(todo, desc=f"feature cache (process {state.process_index})", unit="shard"):
             tensors = _compute_shard(encoders, processor, job["rows"], with_references, DTYPES[dtype], batch_size)
             tmp = job["path"].with_name(job["path"].name + f".tmp{state.process_index}")

@@ -27,11 +27,6 @@ from .stages import SFT_FORCED, lora_config, parse_curriculum, resolve_stage, sf
 
 logger = logging.getLogger(__name__)
 
-# Keyword arguments of run_stage that are not SFTConfig fields.
-STAGE_OPTIONS = ("resume", "callbacks", "feature_cache", "cache_dtype", "cache_shard_size", "dtype", "lora_r",
-                 "lora_alpha", "lora_dropout", "train_split", "eval_split")
-
-
 def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = False, callbacks=None,
               feature_cache: bool = True, cache_dtype: str = "float16", cache_shard_size: int = 256,
               dtype: str = "auto", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
@@ -58,6 +53,7 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     checkpoint = sft_overrides.pop("resume_from_checkpoint", None)
     args = SFTConfig(**{**sft_defaults(spec), **sft_overrides, **SFT_FORCED,
                         "output_dir": str(out / CHECKPOINT_DIR)})
+    check_dataloader(spec, args)
     if resume and checkpoint is None and Path(args.output_dir).is_dir():
         checkpoint = get_last_checkpoint(args.output_dir)
     # created after the SFTConfig, so that under ZeRO-3 the weights load partitioned (zero.Init)
@@ -82,13 +78,22 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     folder = export_stage(trainer, spec, model_path, out, processor, load_dtype, summary)
     del trainer, model, inner
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the next stage of a curriculum loads a fresh model
     return str(folder)
+
+
+def check_dataloader(spec, args) -> None:
+    if "keyphrases" in spec.modalities and args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+        # persistent workers keep the collator copy of the first epoch, so the key-phrase draws would never change
+        raise ValueError("stage-3 key phrases are drawn per epoch in the collator; dataloader_persistent_workers "
+                         "would freeze them at epoch 0; leave it off")
 
 
 def upcast_trainables(model: S2DAlignForConditionalGeneration) -> None:
     """Keep the adapters in float32 when the model loads in half precision: AdamW updates of bf16 weights are lost to
     rounding (LoRA weights are float32 already, PEFT upcasts them). The model casts at the adapter boundaries, and
-    the exported folder is rebuilt in the load dtype. DeepSpeed keeps float32 master weights itself."""
+    the exported folder is saved in the load dtype."""
     if model.dtype in (torch.float16, torch.bfloat16):
         model.model.connector.float()
         model.model.view_embedding.float()
@@ -100,6 +105,8 @@ def run_curriculum(model_path, dataset_path, output_dir, curriculum: str = "s1,s
     stage's output, into `output_dir/<stage>`; returns the last stage's folder. With `resume=True` finished stages
     are skipped and an interrupted one continues from its last checkpoint."""
     specs = parse_curriculum(curriculum)
+    if "resume_from_checkpoint" in overrides:
+        raise ValueError("a checkpoint belongs to one stage; use resume=True to continue a curriculum")
     root = Path(output_dir)
     current, done = str(model_path), []
     for spec in specs:

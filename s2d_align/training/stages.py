@@ -79,9 +79,13 @@ def parse_curriculum(curriculum: str) -> list[StageSpec]:
     return specs
 
 
+def default_bf16() -> bool:
+    """TRL defaults to bf16, which transformers refuses on a machine without a bf16 GPU unless `use_cpu` is set."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
 def sft_defaults(spec: StageSpec) -> dict:
     """`SFTConfig` values of a stage before the user's overrides."""
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return {
         "num_train_epochs": spec.num_train_epochs,
         "learning_rate": spec.learning_rate,
@@ -89,7 +93,7 @@ def sft_defaults(spec: StageSpec) -> dict:
         "lr_scheduler_type": "cosine",
         "warmup_steps": 0.03,
         "logging_steps": 10,
-        "bf16": bf16,
+        "bf16": default_bf16(),
         "report_to": "none",
         # every trainable parameter is used at every step (a stage is all-or-nothing for its inputs)
         "ddp_find_unused_parameters": False,

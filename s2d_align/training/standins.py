@@ -6,7 +6,7 @@ unchanged, the demo gives them what pretraining gives the real ones:
     Vicuna already writes fluent text when asked (`pretrain_llm`);
   - the image encoder learns to see the phantom's findings, the way Rad-DINO already represents chest anatomy
     (`pretrain_vision`: multi-label classification of the training studies' key phrases from pooled patch tokens,
-    with a head that is thrown away).
+    with a per-patch head that is thrown away).
 Both use the transformers `Trainer`; then the encoder is frozen again by the curriculum, as Rad-DINO is.
 """
 
@@ -44,7 +44,7 @@ def pretrain_llm(model, processor, reports: list[str], output_dir: str, *, epoch
 
 
 class _VisionProbe(nn.Module):
-    """Dinov2 + a linear head on mean-pooled patch tokens (the head is discarded after pretraining)."""
+    """Dinov2 + a linear head on every patch token, max-pooled (the head is discarded after pretraining)."""
 
     def __init__(self, vision_tower: nn.Module, num_targets: int):
         super().__init__()
@@ -53,7 +53,9 @@ class _VisionProbe(nn.Module):
 
     def forward(self, pixel_values, targets):
         patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-        logits = self.head(patches.mean(1))
+        # max over per-patch logits (multiple-instance style): small findings such as a focal opacity live in a
+        # few patches, and a mean over all patches would dilute them
+        logits = self.head(patches).amax(1)
         return {"loss": nn.functional.binary_cross_entropy_with_logits(logits, targets), "logits": logits}
 
 
