@@ -1,7 +1,15 @@
 """The one dataset schema every loader produces and the training code consumes.
 
-Each split (`train`, `validation`, `test`) of the `DatasetDict` has the columns of `BASE_FEATURES`
-(see the module docstring of `s2d_align.data`), plus optional dataset-specific string extras.
+Each split (`train`, `validation`, `test`) of the `DatasetDict` has the columns of `BASE_FEATURES`:
+    id              str, unique across the whole DatasetDict
+    subject_id      str (patient), study_id str, study_date str (ISO date, "" when unknown)
+    image_paths     list[str], absolute paths, frontal view first, 1..4 views
+    view_positions  list[str] ("PA", "LATERAL", ...; "" when unknown), one per image
+    report          str, the FINDINGS text, never empty
+    reference       str, stage-2 reference report ("" when none); reference_id str ("" when none)
+    key_phrases     list[str], stage-3 key phrases
+    labels          str, JSON of the 14 CheXpert observations (1/0/-1/null), "" when unknown
+plus dataset-specific string extras (`report_raw` with --clean; phantom: `findings`, `locations`).
 Building splits through `build_dataset_dict` keeps column types identical across splits, even when a
 split is empty, so `DatasetDict.save_to_disk` / `load_from_disk` round-trip cleanly.
 """

@@ -23,7 +23,7 @@ CTR_ENLARGED = {"mild": (0.58, 0.62), "moderate": (0.64, 0.68)}
 EFFUSION_HEIGHT = {"small": 0.13, "moderate": 0.19, "large": 0.27}
 PTX_DEPTH = {"small": 0.055, "moderate": 0.09}
 EDEMA_GAIN = {"mild": 0.21, "moderate": 0.29}
-OPACITY_LEVEL = {"upper": 0.22, "mid": 0.5, "lower": 0.78}  # fraction of apex-to-dome height
+OPACITY_LEVEL = {"upper": 0.22, "mid": 0.45, "lower": 0.66}  # fraction of apex-to-dome height
 
 
 @dataclass(frozen=True)
@@ -196,14 +196,14 @@ def draw_effusion(c: Canvas, lungs: dict, side: str, size: str) -> tuple[float, 
 
 
 def draw_opacity(c: Canvas, lungs: dict, side: str, level: str) -> tuple[float, float, float, float]:
-    """A focal airspace opacity: two overlapping blobs, confined to the lung."""
+    """A focal airspace opacity: two overlapping blobs, confined to the lung, in its lateral half."""
     centre, half, top, dome = c.a.lung_box(side)
     sign = -1.0 if side == "right" else 1.0
-    pu, pv = centre + sign * 0.15 * half, top + OPACITY_LEVEL[level] * (dome - top)
-    sigma = 0.045
+    pu, pv = centre + sign * 0.5 * half, top + OPACITY_LEVEL[level] * (dome - top)
+    sigma = 0.05
     blob = np.exp(-((c.u - pu) ** 2 + (c.v - pv) ** 2) / (2 * sigma**2))
-    blob += 0.7 * np.exp(-((c.u - pu - 0.03 * sign) ** 2 + (c.v - pv + 0.02) ** 2) / (2 * (0.7 * sigma) ** 2))
-    c.img += 0.36 * np.clip(blob, 0, 1) * lungs[side]
+    blob += 0.7 * np.exp(-((c.u - pu + 0.025 * sign) ** 2 + (c.v - pv + 0.02) ** 2) / (2 * (0.7 * sigma) ** 2))
+    c.img += 0.42 * np.clip(blob, 0, 1) * lungs[side]
     return pu - 2 * sigma, pv - 2 * sigma, pu + 2 * sigma, pv + 2 * sigma
 
 
@@ -268,7 +268,8 @@ def finish(c: Canvas, jitter: Jitter, rng: np.random.Generator) -> np.ndarray:
 def render_study(findings: dict, anatomy: Anatomy, rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict]]:
     """Draw one study. Returns the uint8 image and the findings' locations (pixel boxes).
 
-    Order matters: lung findings first, then the mediastinum and heart over them, devices on top.
+    Order matters: lung findings first, then the mediastinum and heart over them, then the focal
+    opacity (additive, so visible through the heart) and devices on top.
     """
     jitter = Jitter.draw(rng)
     cardio = findings["cardiomegaly"]
@@ -277,6 +278,9 @@ def render_study(findings: dict, anatomy: Anatomy, rng: np.random.Generator, siz
     lungs = draw_thorax(c)
     boxes = list(_draw_lung_findings(c, lungs, findings))
     draw_mediastinum(c, ctr)
+    if findings["opacity"]:  # added over the heart too: attenuation sums, so no finding hides it
+        o = findings["opacity"]
+        boxes.append(("opacity", o["side"], draw_opacity(c, lungs, o["side"], o["level"])))
     hu, hv, hw, hh = anatomy.heart_box(ctr)
     boxes.append(("heart", "", (hu - hw, hv - hh, hu + hw, hv + hh)))
     if findings["device"]:
@@ -291,9 +295,6 @@ def render_study(findings: dict, anatomy: Anatomy, rng: np.random.Generator, siz
 def _draw_lung_findings(c: Canvas, lungs: dict, findings: dict):
     if findings["edema"]:
         yield "edema", "bilateral", draw_edema(c, lungs, findings["edema"]["severity"])
-    if findings["opacity"]:
-        o = findings["opacity"]
-        yield "opacity", o["side"], draw_opacity(c, lungs, o["side"], o["level"])
     if findings["effusion"]:
         e = findings["effusion"]
         for side in (("right", "left") if e["side"] == "bilateral" else (e["side"],)):
