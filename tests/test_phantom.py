@@ -203,6 +203,27 @@ def test_pneumothorax_side_has_air_without_lung_markings():
         assert dark[side] > 30 and dark[other] < 5, (p, dark)
 
 
+@pytest.mark.parametrize("side", F.SIDES)
+@pytest.mark.parametrize("level", F.LEVELS)
+def test_opacity_appears_where_the_report_says(side, level):
+    """The pixels an opacity changes sit on the named side (patient's right = image left), at the
+    named height, inside the sample's reported bounding box; also behind an enlarged heart."""
+    for p in range(3):
+        anatomy = Anatomy.draw(np.random.default_rng([14, p]))
+        extra = {"cardiomegaly": {"severity": "moderate"}} if p == 2 else {}
+        base, _ = render_study(_state(**extra), anatomy, np.random.default_rng(p), 96)
+        img, locs = render_study(_state(opacity={"side": side, "level": level}, **extra), anatomy,
+                                 np.random.default_rng(p), 96)
+        diff = img.astype(float) - base.astype(float)
+        assert diff.max() > 60  # clearly visible, even over the heart
+        ys, xs = np.nonzero(diff > 20)
+        cx, cy = xs.mean() / 96, ys.mean() / 96
+        assert (cx < 0.5) == (side == "right"), (side, cx)
+        assert {"upper": cy < 0.4, "mid": 0.3 < cy < 0.6, "lower": cy > 0.45}[level], (level, cy)
+        x0, y0, x1, y1 = next(loc["bbox"] for loc in locs if loc["finding"] == "opacity")
+        assert x0 <= xs.mean() <= x1 and y0 <= ys.mean() <= y1
+
+
 def test_device_adds_the_brightest_pixels():
     rng = np.random.default_rng(5)
     anatomy = Anatomy.draw(rng)

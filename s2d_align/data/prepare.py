@@ -46,7 +46,7 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     if dataset == "phantom":
         return generate_phantom(out_dir, opts["num_patients"], seed=opts["seed"], image_size=opts["image_size"],
                                 num_workers=opts["num_workers"], reference=opts["reference"],
-                                keyphrases=opts["keyphrases"] or "ground_truth")
+                                keyphrases=opts["keyphrases"] or "ground_truth", features=_features(opts))
     skipped = SkipLog()
     dsd = _load(dataset, opts, skipped)
     if sum(len(ds) for ds in dsd.values()) == 0:

@@ -32,14 +32,16 @@ THUMBNAIL = 16  # retrieval features for the phantom: the image itself, downsamp
 
 def generate_phantom(out_dir, num_patients: int, seed: int = 0, image_size: int = 128,
                      splits: tuple[float, float, float] = (0.8, 0.1, 0.1), num_workers: int = 0,
-                     reference: str = "same_patient", keyphrases: str = "ground_truth") -> DatasetDict:
+                     reference: str = "same_patient", keyphrases: str = "ground_truth",
+                     features=None) -> DatasetDict:
     """Generate, save (`DatasetDict.save_to_disk(out_dir)`, images under `out_dir/images`, summary in
     `out_dir/prepare_summary.json`) and return the phantom set, split by patient.
 
     `reference`: "same_patient" (default; validation/test patients have no training studies, so their
     references fall back to retrieval over 16x16 thumbnails of the training images), "retrieval" (on
-    those thumbnails) or "none". `keyphrases`: "ground_truth" (from the generator's findings) or a
-    backend of `s2d_align.keyphrases` run on the reports. `num_workers` > 1 renders in processes.
+    those thumbnails) or "none"; `features` (as for `attach_references`) replaces the thumbnails.
+    `keyphrases`: "ground_truth" (from the generator's findings) or a backend of `s2d_align.keyphrases`
+    run on the reports. `num_workers` > 1 renders in that many processes.
     """
     if num_patients < 1:
         raise ValueError(f"num_patients must be >= 1, got {num_patients}")
@@ -59,10 +61,12 @@ def generate_phantom(out_dir, num_patients: int, seed: int = 0, image_size: int 
     split_of = assign_splits(num_patients, seed, splits)
     rows_by_split = {s: [r for p, rows in enumerate(patients) if split_of[p] == s for r in rows] for s in SPLITS}
     ref_stats: dict = {}
-    dsd = attach_references(build_dataset_dict(rows_by_split), reference, features=thumbs, stats=ref_stats)
+    dsd = attach_references(build_dataset_dict(rows_by_split), reference, stats=ref_stats,
+                            features=thumbs if features is None else features)
     dsd.save_to_disk(str(out))
-    fallback = {"same_patient": "same_patient (fallback: retrieval on 16x16 thumbnails)",
-                "retrieval": "retrieval on 16x16 thumbnails"}.get(reference, reference)
+    on = "16x16 thumbnails" if features is None else "the given image features"
+    fallback = {"same_patient": f"same_patient (fallback: retrieval on {on})",
+                "retrieval": f"retrieval on {on}"}.get(reference, reference)
     options = {"dataset": "phantom", "num_patients": num_patients, "seed": seed, "image_size": image_size,
                "splits": list(splits), "reference": fallback, "keyphrases": keyphrases, "clean": False}
     n_images = sum(len(rows) for rows in patients)
