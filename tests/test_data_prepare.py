@@ -100,3 +100,34 @@ def test_unknown_options_are_errors(tmp_path):
         prepare("chexpert", tmp_path)
     with pytest.raises(ValueError, match="unknown prepare option 'colour'"):
         prepare("phantom", tmp_path, colour="red")
+
+
+def test_prepare_with_llm_rewrite_records_and_caches(tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from s2d_align.tiny import train_report_tokenizer
+
+    model_dir = tmp_path / "llm"
+    tokenizer = train_report_tokenizer(["- mild cardiomegaly", "Input: Output:"] * 10, vocab_size=280)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=4096)
+                     ).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    root = tmp_path / "mimic"
+    shutil.copytree(RAW_MIMIC, root)
+    out = tmp_path / "out"
+    dsd = prepare("mimic_cxr", out, mimic_root=root, missing_images="skip", rewrite_model=model_dir)
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    rewrite = summary["keyphrase_rewrite"]
+    assert rewrite["model"] == str(model_dir) and Path(rewrite["cache"]).is_file()
+    cached = json.loads(Path(rewrite["cache"]).read_text())
+    # one generation per distinct phrase list; a random model's empty answers keep the extracted phrases
+    distinct = {tuple(extract_key_phrases(r)) for s in dsd for r in dsd[s]["report"]}
+    assert rewrite["generated"] == len(cached) == len(distinct)
+    for split in SPLITS:
+        for row in dsd[split]:
+            extracted = extract_key_phrases(row["report"])
+            entry = next(v for v in cached.values() if v["input"] == extracted)
+            assert row["key_phrases"] == (entry["output"] or extracted)
