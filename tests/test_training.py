@@ -196,7 +196,7 @@ def test_joint_curriculum_trains_every_signal_from_the_start(work):
     assert any("adapters.keyphrases" in k and not torch.equal(begin[k], end[k]) for k in end)
 
 
-# -- bad input ------------------------------------------------------------------------------------------------------------
+# -- bad input -----------------------------------------------------------------------------------------------------
 def test_missing_dataset_path(work, tmp_path):
     from s2d_align.training import run_stage
 
@@ -256,5 +256,6 @@ def test_paper_curricula_parse():
     from s2d_align.training import parse_curriculum
 
     for text, names in [("s1", ["s1"]), ("joint", ["joint"]), ("s1,s2", ["s1", "s2"]), ("s1,s3", ["s1", "s3"]),
-                        ("s1,s3,s2", ["s1", "s3", "s2"]), ("s1, s2, s3", ["s1", "s2", "s3"]), ("1,2,3", ["s1", "s2", "s3"])]:
+                        ("s1,s3,s2", ["s1", "s3", "s2"]), ("s1, s2, s3", ["s1", "s2", "s3"]),
+                        ("1,2,3", ["s1", "s2", "s3"])]:
         assert [s.name for s in parse_curriculum(text)] == names

@@ -137,7 +137,7 @@ def test_duplicate_ids_are_refused(tiny_folder, data):
         prepare_feature_cache(tiny_folder.path, data.path, doubled, tiny_folder.processor)
 
 
-# -- key phrases and the collator -------------------------------------------------------------------------------------
+# -- key phrases and the collator ----------------------------------------------------------------------------------
 def test_key_phrase_draws_are_deterministic_non_empty_subsets():
     phrases = ["a", "b", "c", "d", "e"]
     draws = {epoch: sample_key_phrases(phrases, 0, epoch, "s1") for epoch in range(20)}
@@ -187,7 +187,7 @@ def test_collator_requires_the_image():
         S2DAlignCollator(processor=None, modalities=("reference",))
 
 
-# -- train_sft.py ---------------------------------------------------------------------------------------------------------
+# -- train_sft.py --------------------------------------------------------------------------------------------------
 def test_script_keeps_only_explicit_values(tmp_path):
     import train_sft
 

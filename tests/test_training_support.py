@@ -29,8 +29,8 @@ KEY_PHRASES = [
 # Small enough for CPU, big enough to learn: 16 patches per view, 4 memory queries, a 2-layer 64-wide LLM.
 TINY = dict(vocab_size=256, seed=0, image_size=32, patch_size=8, vision_width=32, llm_width=64, num_memory_queries=4)
 # SFTConfig values of every CPU test run (full batch: the loss is then a deterministic function of the weights).
-CPU_ARGS = dict(use_cpu=True, bf16=False, per_device_train_batch_size=8, logging_steps=1, activation_checkpointing=False,
-                save_strategy="no", dataloader_num_workers=0, seed=0)
+CPU_ARGS = dict(use_cpu=True, bf16=False, per_device_train_batch_size=8, logging_steps=1,
+                activation_checkpointing=False, save_strategy="no", dataloader_num_workers=0, seed=0)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -30,10 +30,10 @@ class DemoConfig:
 
     num_patients: int = 1200  # about 2,900 training studies
     render_size: int = 128  # phantom PNG size
-    image_size: int = 128  # encoder input
-    patch_size: int = 16
-    vision_width: int = 96
-    vision_layers: int = 3
+    image_size: int = 64  # encoder input: 8x8 = 64 patch tokens
+    patch_size: int = 8
+    vision_width: int = 64
+    vision_layers: int = 2
     llm_width: int = 192
     llm_layers: int = 3
     num_memory_queries: int = 16

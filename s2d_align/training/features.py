@@ -46,7 +46,7 @@ ENCODER_PREFIXES = ("model.vision_tower.", "model.text_encoder.")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-# -- reading the encoders straight from the checkpoint -----------------------------------------------------------------
+# -- reading the encoders straight from the checkpoint -------------------------------------------------------------
 def read_encoder_weights(model_path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The frozen encoders' tensors of an S2D-Align folder, read from its safetensors files without building the LLM."""
     folder = Path(model_path)
@@ -92,7 +92,7 @@ def build_encoders(config: S2DAlignConfig, state: dict[str, torch.Tensor], devic
     return model
 
 
-# -- the key -------------------------------------------------------------------------------------------------------------
+# -- the key -------------------------------------------------------------------------------------------------------
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -121,7 +121,7 @@ def cache_key(manifest: dict) -> str:
     return _sha(manifest)[:16]
 
 
-# -- shards --------------------------------------------------------------------------------------------------------------
+# -- shards --------------------------------------------------------------------------------------------------------
 def _file_stamp(path: str) -> list:
     try:
         stat = os.stat(path)
@@ -219,8 +219,9 @@ def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, 
     with_references = all("reference" in ds.column_names for ds in splits.values())
 
     plan = _plan_shards(root, splits, shard_size, with_references)
-    todo = [job for i, job in enumerate(j for j in plan if not j["valid"]) if i % state.num_processes ==
-            state.process_index]
+    # each shard has one fixed owner process (by its index, not by its place among the missing ones: processes may
+    # see a shard's validity differently while its owner is writing it)
+    todo = [job for i, job in enumerate(plan) if i % state.num_processes == state.process_index and not job["valid"]]
     if todo:
         with outside_zero_init():
             encoders = build_encoders(config, weights, state.device)

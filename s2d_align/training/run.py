@@ -74,7 +74,10 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     summary = {"stage": spec.name, "input_model": str(model_path), "dataset": str(dataset_path),
                "modalities": list(spec.modalities), "lora": spec.lora, "trainable_parameters": trainable,
                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
-               "resumed_from": checkpoint, "feature_cache": feature_cache}
+               "resumed_from": checkpoint, "feature_cache": feature_cache,
+               "distributed_type": str(trainer.accelerator.distributed_type),
+               "num_processes": trainer.accelerator.num_processes,
+               "zero_stage": args.deepspeed_plugin.zero_stage if args.deepspeed_plugin is not None else None}
     folder = export_stage(trainer, spec, model_path, out, processor, load_dtype, summary)
     del trainer, model, inner
     gc.collect()
