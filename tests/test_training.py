@@ -37,7 +37,13 @@ def curriculum(work):
     final = run_curriculum(work.model, work.dataset, out, "s1,s2,s3", callbacks=[snapshot], max_steps=16,
                            learning_rate=1e-2, **{**CPU_ARGS, "activation_checkpointing": True})
     folders = {name: out / name for name in ("s1", "s2", "s3")}
-    return SimpleNamespace(out=out, final=Path(final), folders=folders, snapshot=snapshot)
+    cache_keys = sorted(p.name for p in (work.dataset / "feature_cache").iterdir())
+    return SimpleNamespace(out=out, final=Path(final), folders=folders, snapshot=snapshot, cache_keys=cache_keys)
+
+
+def test_curriculum_computes_the_feature_cache_once(curriculum):
+    # every stage's folder holds the same frozen encoders and processor, so all stages share one cache key
+    assert len(curriculum.cache_keys) == 1
 
 
 def _in_groups(name: str, stage: int) -> bool:

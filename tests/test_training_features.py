@@ -102,6 +102,20 @@ def test_cache_key_follows_encoder_weights_and_preprocessing(tiny_folder, data, 
     key = features.cache_key(features.cache_manifest(config, digest, processor, "float16"))
     assert key == features.cache_key(features.cache_manifest(config, digest, processor, "float16"))
 
+    # a trained stage's folder (reloaded, re-saved, its processor used in between) keeps the key
+    processor(text=["a report"], references=["a reference"])
+    from modeling_s2d import S2DAlignForConditionalGeneration
+
+    resaved = tmp_path / "resaved"
+    S2DAlignForConditionalGeneration.from_pretrained(tiny_folder.path).save_pretrained(resaved)
+    processor.save_pretrained(resaved)
+    reloaded = type(processor).from_pretrained(resaved)
+    reloaded(text=["x"], references=["y"], key_phrases=[["z"]])
+    same = features.cache_manifest(features.S2DAlignConfig.from_pretrained(resaved),
+                                   features.weights_digest(features.read_encoder_weights(resaved)), reloaded,
+                                   "float16")
+    assert features.cache_key(same) == key
+
     # another encoder checkpoint: one vision weight differs
     other = tmp_path / "other"
     shutil.copytree(tiny_folder.path, other)

@@ -99,16 +99,33 @@ def _sha(obj) -> str:
 
 def _tokenizer_identity(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    text = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # runtime state that every call with padding/truncation arguments rewrites (the processor's truncation
+        # length is `max_context_tokens`, in the manifest); what the tokenizer *is* stays
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(f"{type(tokenizer).__name__}:{text}".encode()).hexdigest()
+
+
+# Config entries that describe how a checkpoint was stored or loaded, not what the encoder computes (the weights'
+# dtype is in the weights digest).
+VOLATILE_CONFIG_KEYS = ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "architectures")
+
+
+def _encoder_config(config) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k not in VOLATILE_CONFIG_KEYS}
 
 
 def cache_manifest(config: S2DAlignConfig, encoder_digest: str, processor, dtype: str) -> dict:
     """Everything the cached features depend on; its hash is the cache key."""
     return {
         "format": FORMAT_VERSION,
-        "vision_config": config.vision_config.to_dict(),
-        "text_encoder_config": config.text_encoder_config.to_dict(),
+        "vision_config": _encoder_config(config.vision_config),
+        "text_encoder_config": _encoder_config(config.text_encoder_config),
         "encoder_weights_sha256": encoder_digest,
         "image_processor": processor.image_processor.to_dict(),
         "text_encoder_tokenizer_sha256": _tokenizer_identity(processor.text_encoder_tokenizer),
