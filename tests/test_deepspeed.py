@@ -67,6 +67,9 @@ def test_deepspeed_matches_plain_training(work, baseline, zero):
     assert result.returncode == 0, result.stderr[-4000:]
     assert "shm_comm_op built" not in result.stdout
 
+    # one cache for every run and stage, also after a ZeRO-3 save (it names some tensors differently on disk)
+    cache = Path(yaml.safe_load(work.config.read_text())["dataset_path"]) / "feature_cache"
+    assert len(list(cache.iterdir())) == 1
     for stage in ("s1", "s2"):
         mine = losses(json.loads((out / stage / "log_history.json").read_text()))
         plain = losses(json.loads((baseline / stage / "log_history.json").read_text()))

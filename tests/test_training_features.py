@@ -96,8 +96,7 @@ def test_cache_is_reused_and_stale_shards_recomputed(tiny_folder, data, monkeypa
 
 def test_cache_key_follows_encoder_weights_and_preprocessing(tiny_folder, data, tmp_path):
     config = features.S2DAlignConfig.from_pretrained(tiny_folder.path)
-    weights = features.read_encoder_weights(tiny_folder.path)
-    digest = features.weights_digest(weights)
+    digest = features.load_encoders(tiny_folder.path)[1]
     processor = tiny_folder.processor
     key = features.cache_key(features.cache_manifest(config, digest, processor, "float16"))
     assert key == features.cache_key(features.cache_manifest(config, digest, processor, "float16"))
@@ -112,8 +111,7 @@ def test_cache_key_follows_encoder_weights_and_preprocessing(tiny_folder, data, 
     reloaded = type(processor).from_pretrained(resaved)
     reloaded(text=["x"], references=["y"], key_phrases=[["z"]])
     same = features.cache_manifest(features.S2DAlignConfig.from_pretrained(resaved),
-                                   features.weights_digest(features.read_encoder_weights(resaved)), reloaded,
-                                   "float16")
+                                   features.load_encoders(resaved)[1], reloaded, "float16")
     assert features.cache_key(same) == key
 
     # another encoder checkpoint: one vision weight differs
@@ -123,7 +121,7 @@ def test_cache_key_follows_encoder_weights_and_preprocessing(tiny_folder, data, 
     name = next(k for k in state if k.startswith("model.vision_tower.") and k.endswith("weight"))
     state[name] = state[name] + 1e-3
     save_file(state, other / "model.safetensors", metadata={"format": "pt"})
-    other_digest = features.weights_digest(features.read_encoder_weights(other))
+    other_digest = features.load_encoders(other)[1]
     assert other_digest != digest
     assert features.cache_key(features.cache_manifest(config, other_digest, processor, "float16")) != key
 

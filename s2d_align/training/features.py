@@ -73,10 +73,10 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def build_encoders(config: S2DAlignConfig, state: dict[str, torch.Tensor], device) -> S2DAlignModel:
-    """An `S2DAlignModel` whose encoders hold `state` and whose other parts stay on the meta device (never allocated):
-    `encode_images` / `encode_text` are the model's own code, so cached features are exactly what training computes.
-    The 7B LLM is never loaded for the cache."""
+def build_encoders(config: S2DAlignConfig, state: dict[str, torch.Tensor]) -> S2DAlignModel:
+    """An `S2DAlignModel` whose encoders hold `state` (on the CPU) and whose other parts stay on the meta device
+    (never allocated): `encode_images` / `encode_text` are the model's own code, so cached features are exactly what
+    training computes, and the 7B LLM is never loaded for the cache."""
     with torch.device("meta"):
         model = S2DAlignModel(config)
     for attr, sub_config, prefix in (("vision_tower", config.vision_config, ENCODER_PREFIXES[0]),
@@ -88,8 +88,21 @@ def build_encoders(config: S2DAlignConfig, state: dict[str, torch.Tensor], devic
             output_loading_info=True, **({"add_pooling_layer": False} if attr == "text_encoder" else {}))
         if info["missing_keys"]:
             raise ValueError(f"the {attr} weights in the checkpoint lack {sorted(info['missing_keys'])[:5]}")
-        setattr(model, attr, module.to(device).eval())
+        setattr(model, attr, module.eval())
     return model
+
+
+def load_encoders(model_path) -> tuple[S2DAlignModel, str]:
+    """The frozen encoders of an S2D-Align folder (see `build_encoders`) and the SHA-256 of their weights.
+
+    The digest is taken over the loaded modules, under their own parameter names: the same encoder saved by
+    different paths (a plain save, a ZeRO-3 save, legacy checkpoint names) names its tensors differently on disk."""
+    config = S2DAlignConfig.from_pretrained(model_path)
+    with outside_zero_init():  # a ZeRO-3 config left by a previous stage would partition them
+        encoders = build_encoders(config, read_encoder_weights(model_path))
+    state = {f"{attr}.{key}": value for attr in ("vision_tower", "text_encoder")
+             for key, value in getattr(encoders, attr).state_dict().items()}
+    return encoders, weights_digest(state)
 
 
 # -- the key -------------------------------------------------------------------------------------------------------
@@ -219,16 +232,12 @@ class FeatureCache:
 def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, dtype: str = "float16",
                           shard_size: int = 256, batch_size: int = 8, cache_root=None) -> FeatureCache:
     """Compute the missing shards of every split in `splits` ({name: datasets.Dataset}) and return the cache.
-
-    Call it before the `SFTConfig` exists: under DeepSpeed ZeRO-3 a live config would make the encoders load
-    partitioned (`zero.Init`).
-    """
+    Every process must call it (they share the work, then wait for each other)."""
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     state = PartialState()
-    config = S2DAlignConfig.from_pretrained(model_path)
-    weights = read_encoder_weights(model_path)
-    manifest = cache_manifest(config, weights_digest(weights), processor, dtype)
+    encoders, digest = load_encoders(model_path)
+    manifest = cache_manifest(encoders.config, digest, processor, dtype)
     root = Path(cache_root) if cache_root else Path(dataset_path) / "feature_cache" / cache_key(manifest)
     if state.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
@@ -240,16 +249,15 @@ def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, 
     # see a shard's validity differently while its owner is writing it)
     todo = [job for i, job in enumerate(plan) if i % state.num_processes == state.process_index and not job["valid"]]
     if todo:
-        with outside_zero_init():
-            encoders = build_encoders(config, weights, state.device)
+        encoders.vision_tower.to(state.device)
+        encoders.text_encoder.to(state.device)
         for job in tqdm(todo, desc=f"feature cache (process {state.process_index})", unit="shard"):
             tensors = _compute_shard(encoders, processor, job["rows"], with_references, DTYPES[dtype], batch_size)
             tmp = job["path"].with_name(job["path"].name + f".tmp{state.process_index}")
             save_file(tensors, tmp, metadata={"key": root.name, "fingerprint": job["fingerprint"],
                                               "format": FORMAT_VERSION})
             os.replace(tmp, job["path"])  # atomic: a killed run never leaves a half-written shard under the real name
-        del encoders
-    del weights
+    del encoders
     state.wait_for_everyone()
 
     shard_of = {}
