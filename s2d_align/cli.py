@@ -11,7 +11,8 @@ import sys
 _AREAS = (
     "s2d_align.data.cli",  # prepare
     "s2d_align.metrics.cli",  # label, eval
-    "s2d_align.training.cli",  # demo, generate
+    "s2d_align.training.cli",  # demo
+    "s2d_align.generation",  # generate
     "s2d_align.hub",  # push
     "s2d_align.build",  # build
 )

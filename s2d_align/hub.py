@@ -1,0 +1,123 @@
+"""Publish a trained S2D-Align folder to the Hugging Face Hub with its remote code and a filled-in model card.
+
+`s2d push --model DIR --repo-id NAME [--dry-run]`: checks the folder (config, safetensors weights, the three
+remote-code files, the processor, no pickled weights), renders `model_card.md` into `DIR/README.md` from the
+folder's `training_info.json` and `eval.json` (when present), then uploads the folder. `--dry-run` does
+everything but the upload and lists what would be sent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+REMOTE_CODE = ("configuration_s2d.py", "modeling_s2d.py", "processing_s2d.py")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+REAL_CHECKPOINTS = ("microsoft/rad-dino", "microsoft/BiomedVLP-CXR-BERT-specialized", "lmsys/vicuna-7b-v1.5")
+
+
+def check_folder(model_dir: Path) -> list[Path]:
+    """The files to upload; raises ValueError naming the folder and what is wrong with it."""
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a model folder: it has no config.json")
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_type") != "s2d_align":
+        raise ValueError(f"{model_dir}/config.json has model_type {config.get('model_type')!r}, not 's2d_align'")
+    missing = [f for f in REMOTE_CODE + ("processor_config.json",) if not (model_dir / f).is_file()]
+    if missing:
+        raise ValueError(f"{model_dir} lacks {', '.join(missing)}: save it with the s2d_align package imported "
+                         "(model.save_pretrained and processor.save_pretrained)")
+    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise ValueError(f"{model_dir} holds no .safetensors weights")
+    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        raise ValueError(f"{model_dir} holds pickled weights {pickled}; only safetensors are published")
+    return files
+
+
+def _metrics_table(metrics: dict | None) -> tuple[str, str]:
+    if not metrics:
+        return "No evaluation results were recorded for this folder.", ""
+    rows = metrics.get("table") or {}
+    if not rows:  # fall back to every top-level number
+        rows = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    header = "| " + " | ".join(rows) + " |\n|" + "---|" * len(rows) + "\n"
+    table = header + "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in rows.values()) + " |"
+    note = metrics.get("note", "")
+    return table, note
+
+
+def render_model_card(model_dir: Path, repo_id: str) -> str:
+    config = json.loads((model_dir / "config.json").read_text())
+    info = _read_json(model_dir / "training_info.json") or {}
+    metrics = _read_json(model_dir / "eval.json")
+    total = info.get("total_parameters")
+    table, note = _metrics_table(metrics)
+    components = info.get("components", {})
+    base_models = [c for c in components.values() if c in REAL_CHECKPOINTS]
+    values = {
+        "license": info.get("license", "apache-2.0"),
+        "base_models": "\n".join(f"- {m}" for m in base_models) or "- lmsys/vicuna-7b-v1.5",
+        "model_name": repo_id.split("/")[-1],
+        "repo_id": repo_id,
+        "demo_warning": info.get("warning", ""),
+        "vision": components.get("vision", "Dinov2, width %d" % config["vision_config"]["hidden_size"]),
+        "text_encoder": components.get("text_encoder",
+                                       "BERT, width %d" % config["text_encoder_config"]["hidden_size"]),
+        "llm": components.get("llm", "Llama, width %d, %d layers" % (config["text_config"]["hidden_size"],
+                                                                    config["text_config"]["num_hidden_layers"])),
+        "connector": config["connector"],
+        "num_memory_queries": config["num_memory_queries"],
+        "adapter_heads": config["adapter_num_heads"],
+        "mlp_depth": config["adapter_mlp_depth"],
+        "total_params": f"{total:,}" if isinstance(total, int) else "see config",
+        "curriculum": info.get("curriculum", "s1,s2,s3"),
+        "metrics_table": table,
+        "metrics_note": note,
+        "data_note": info.get("data_note", "See the training dataset's own licence."),
+    }
+    text = Template(TEMPLATE.read_text()).substitute(values)  # KeyError if the template gains an unfilled field
+    return text
+
+
+def push(model_dir: str, repo_id: str, *, dry_run: bool = False, private: bool = False, token: str | None = None):
+    """Write the model card and upload the folder. Returns the list of uploaded (or, dry run, listed) files."""
+    folder = Path(model_dir)
+    if "/" not in repo_id:
+        raise ValueError(f"repo id {repo_id!r} must look like 'user-or-org/name'")
+    check_folder(folder)
+    (folder / "README.md").write_text(render_model_card(folder, repo_id))
+    files = [str(p.relative_to(folder)) for p in check_folder(folder)]
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload S2D-Align model")
+    return files
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("push", help="publish a model folder to the Hub with remote code and card")
+    parser.add_argument("--model", required=True, help="a saved S2D-Align folder (e.g. DIR/final)")
+    parser.add_argument("--repo-id", required=True)
+    parser.add_argument("--dry-run", action="store_true", help="write the model card and list files; no upload")
+    parser.add_argument("--private", action="store_true")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    files = push(args.model, args.repo_id, dry_run=args.dry_run, private=args.private)
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"{verb} {len(files)} files to {args.repo_id}:")
+    for name in files:
+        print(f"  {name}")
+    return 0
