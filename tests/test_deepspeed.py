@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from safetensors import safe_open
 
 from test_training_support import CPU_ARGS, load_state, losses, make_dataset, make_model, one_thread  # noqa: F401
 
@@ -80,10 +81,13 @@ def test_deepspeed_matches_plain_training(work, baseline, zero):
         assert config["deepspeed"].endswith(f"{zero}.json")
         summary = json.loads((out / stage / "s2d_stage.json").read_text())  # it really ran under DeepSpeed
         assert summary["distributed_type"] == "DistributedType.DEEPSPEED" and summary["zero_stage"] == int(zero[-1])
-    # the saved models (full-model save for s1, LoRA merge for s2) load and match the run without DeepSpeed, up to
-    # float reduction order, which Adam amplifies on near-zero gradients: within 5% of each tensor's own update.
-    # (Compared after loading: a ZeRO-3 save may name LLM keys differently on disk, which loading maps back.)
+    # the saved models (full-model save for s1, LoRA merge for s2) name their tensors as a plain save does, load,
+    # and match the run without DeepSpeed up to float reduction order, which Adam amplifies on near-zero
+    # gradients: within 5% of each tensor's own update
     for stage, start in (("s1", work.root / "m0"), ("s2", baseline / "s1")):
+        with safe_open(out / stage / "model.safetensors", "pt") as mine, \
+                safe_open(baseline / stage / "model.safetensors", "pt") as plain:
+            assert set(mine.keys()) == set(plain.keys())
         mine, plain, before = load_state(out / stage), load_state(baseline / stage), load_state(start)
         assert set(mine) == set(plain) == set(before)
         moved = 0

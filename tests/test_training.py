@@ -265,3 +265,12 @@ def test_paper_curricula_parse():
                         ("s1,s3,s2", ["s1", "s3", "s2"]), ("s1, s2, s3", ["s1", "s2", "s3"]),
                         ("1,2,3", ["s1", "s2", "s3"])]:
         assert [s.name for s in parse_curriculum(text)] == names
+
+
+def test_resumed_curriculum_skips_finished_stages(curriculum, work):
+    from s2d_align.training import run_curriculum
+
+    snapshot = Snapshot()
+    final = run_curriculum(work.model, work.dataset, curriculum.out, "s1,s2,s3", resume=True, callbacks=[snapshot],
+                           max_steps=16, learning_rate=1e-2, **CPU_ARGS)
+    assert Path(final) == curriculum.final and snapshot.begin == []  # nothing trained again

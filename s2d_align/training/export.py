@@ -35,6 +35,11 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
     else:
         if trainer.args.deepspeed_plugin is None:
             trainer.model.to(dtype)  # back from the float32 adapters of `upcast_trainables`
+        # A model loaded under ZeRO-3's zero.Init records legacy checkpoint renamings (LayerNorm gamma/beta,
+        # language_model.model.*) that save_pretrained would write back: the folder would load, but look unlike every
+        # other. Forgetting them (a private attribute that transformers' revert_weight_conversion reads) saves the
+        # default format, as a plain run does.
+        trainer.model._weight_conversions = None
         trainer.save_model(str(out))  # the whole model (gathered under ZeRO-3), config, processor, remote code
     if trainer.accelerator.is_main_process:
         _drop_pickles(out)
