@@ -1,0 +1,83 @@
+"""`s2d push` (folder checks, model card) and `s2d generate`."""
+
+import json
+
+import pytest
+
+from s2d_align.cli import main
+from s2d_align.hub import check_folder, push
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny):
+    model, processor = tiny
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_dry_run_renders_a_complete_model_card(saved):
+    (saved / "eval.json").write_text(json.dumps({"table": {"ce_micro_f1": 0.9123, "BLEU_4": 0.2468},
+                                                 "note": "CE: llmrg4 convention, rules labeler."}))
+    (saved / "training_info.json").write_text(json.dumps({"curriculum": "s1,s3,s2", "total_parameters": 1234567}))
+    files = push(str(saved), "someone/tiny-s2d", dry_run=True)
+    card = (saved / "README.md").read_text()
+    assert "README.md" in files and "model.safetensors" in files and "modeling_s2d.py" in files
+    assert "$" not in card.split("```bibtex")[0]  # every template field was filled
+    assert "0.912" in card and "0.247" in card and "llmrg4" in card
+    assert "s1,s3,s2" in card and "1,234,567" in card
+    assert 'from_pretrained("someone/tiny-s2d", trust_remote_code=True)' in card
+    assert card.startswith("---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: image-text-to-text")
+
+
+def test_push_uploads_the_folder(saved, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id, private))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", folder_path, repo_id))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    push(str(saved), "someone/tiny-s2d", private=True)
+    assert calls == [("create", "someone/tiny-s2d", True), ("upload", str(saved), "someone/tiny-s2d")]
+
+
+def test_push_refuses_bad_folders(tmp_path, saved, capsys):
+    with pytest.raises(ValueError, match="has no config.json"):
+        check_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="model_type 'llama', not 's2d_align'"):
+        check_folder(tmp_path)
+    (saved / "optimizer.pt").write_bytes(b"pickle")
+    try:
+        assert main(["push", "--model", str(saved), "--repo-id", "a/b", "--dry-run"]) == 2
+        assert "pickled weights ['optimizer.pt']" in capsys.readouterr().err
+    finally:
+        (saved / "optimizer.pt").unlink()
+    with pytest.raises(ValueError, match="must look like 'user-or-org/name'"):
+        push(str(saved), "no-namespace", dry_run=True)
+
+
+def test_generate_cli_writes_one_row_per_study(saved, tiny, radiographs, tmp_path):
+    from s2d_align.generation import generate_reports
+
+    out = tmp_path / "preds.jsonl"
+    assert main(["generate", "--model", str(saved), "--images", radiographs[0], ",".join(radiographs),
+                 "--out", str(out), "--max-new-tokens", "8"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["images"] for r in rows] == [radiographs[:1], radiographs]
+    model, processor = tiny
+    direct = generate_reports(model, processor, [radiographs[:1], radiographs], max_new_tokens=8, progress=False)
+    assert [r["report"] for r in rows] == direct
+
+
+def test_generate_cli_names_a_missing_image(saved, tmp_path, capsys):
+    assert main(["generate", "--model", str(saved), "--images", str(tmp_path / "nope.png")]) == 2
+    assert "image not found" in capsys.readouterr().err
