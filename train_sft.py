@@ -22,8 +22,18 @@ Per-stage defaults (paper): epochs 8 / 5 / 3, learning rate 3e-4 / 1e-4 / 5e-5, 
 you set (in the file or on the command line) wins over them in every stage. `--resume` continues a killed run from
 the last checkpoint in `output_dir/checkpoints` (with `--curriculum`, finished stages are skipped).
 
-Each stage's `output_dir` is a complete model folder (LoRA merged, processor, remote code, `log_history.json`,
-`training_curve.png`); see `s2d_align.training` for its layout.
+Each stage's `output_dir` is a complete model folder that loads with
+`AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)`: LoRA merged into the LLM
+(`merge_and_unload`), model and processor saved with `save_pretrained` (which writes the remote-code files), plus
+`log_history.json`, `training_curve.png`, `training_args.json`, `s2d_stage.json`, the unmerged `adapter/` and the
+Trainer's `checkpoints/`; see `s2d_align.training` for the layout. Under ZeRO-3 the weights are partitioned, so the
+stage is saved through `trainer.save_model()` (which gathers them; a plain `save_pretrained` would write empty LoRA
+tensors) and rank 0 then merges the saved adapter into the stage input outside `zero.Init`.
+
+DeepSpeed: pass `--deepspeed ds_configs/zero2.json` (or zero3.json, zero3_offload.json), or launch with
+`accelerate_configs/multi_gpu.yaml` / `multi_node.yaml`; every value in the json is "auto" and filled in by the Trainer.
+The frozen encoders' features are cached next to the dataset (`<dataset_path>/feature_cache/<key>/`) before training,
+each process computing its share of the shards (`--no_feature_cache` encodes live).
 """
 
 from __future__ import annotations

@@ -18,6 +18,14 @@ A stage's output folder:
 
 It loads with `AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)` in a process that never
 imports this package. A curriculum writes `output_dir/<stage>/` per stage and `output_dir/curriculum.json`.
+
+Saving (see `export.py`): stages with LoRA save the adapter with `trainer.save_model()` (under ZeRO-3 it gathers the
+partitioned weights), then rank 0 loads the stage input whole, applies the adapter, `merge_and_unload()`s and
+`save_pretrained`s model and processor. Stage 1 (no LoRA) saves the whole model with `trainer.save_model()`.
+
+Frozen-feature cache (see `features.py`): `<dataset_path>/feature_cache/<key>/<split>/shard-NNNNN.safetensors`, the key
+hashing the encoder configs, a SHA-256 of the encoder weights, the image processor, the text-encoder tokenizer and
+the storage dtype; each shard carries a fingerprint of its rows (ids, image files, reference texts).
 """
 
 from .collator import EpochCallback, S2DAlignCollator, STAGE_MODALITIES, sample_key_phrases
