@@ -27,6 +27,7 @@ from .stages import SFT_FORCED, lora_config, parse_curriculum, resolve_stage, sf
 
 logger = logging.getLogger(__name__)
 
+
 def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = False, callbacks=None,
               feature_cache: bool = True, cache_dtype: str = "float16", cache_shard_size: int = 256,
               dtype: str = "auto", lora_r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.05,
