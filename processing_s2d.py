@@ -208,10 +208,12 @@ class S2DAlignProcessor(ProcessorMixin):
             answers = [self.report_ids(r, i) for i, r in enumerate(reports)]
             rows = [prompt + a for a in answers]
             labels = [[-100] * len(prompt) + a for a in answers]
-        data.update(self._pad(rows, labels, left=text is None))
+        data.update(self.pad_sequences(rows, labels, left=text is None))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _pad(self, rows, labels, left: bool) -> dict:
+    def pad_sequences(self, rows: list, labels: list | None = None, left: bool = False) -> dict:
+        """Pad token-id rows (and their labels, with -100) into `input_ids` / `attention_mask` / `labels` tensors;
+        right padding for training, left padding (`left=True`) for generation."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         width = max(len(r) for r in rows)
         out = {"input_ids": torch.full((len(rows), width), pad, dtype=torch.long),

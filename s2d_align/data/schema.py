@@ -21,25 +21,12 @@ from collections.abc import Iterable, Mapping
 
 from datasets import Dataset, DatasetDict, Features, List, Value
 
+from ..labeler.rules import OBSERVATIONS
+
 SPLITS = ("train", "validation", "test")
 
-# The 14 CheXpert observations, in the labeler's canonical order.
-CHEXPERT_OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+# The 14 CheXpert observations, in the labeler's order (one list for the whole project).
+CHEXPERT_OBSERVATIONS = OBSERVATIONS
 
 BASE_FEATURES = Features(
     {

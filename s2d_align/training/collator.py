@@ -93,18 +93,8 @@ class S2DAlignCollator:
         (prompt with this stage's placeholders, report + EOS, right padding, -100 outside the report)."""
         prompt = self.processor.prompt_ids(self.modalities)
         answers = [self.processor.report_ids(r, i) for i, r in enumerate(reports)]
-        width = len(prompt) + max(len(a) for a in answers)
-        tokenizer = self.processor.tokenizer
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        out = {"input_ids": torch.full((len(answers), width), pad, dtype=torch.long),
-               "attention_mask": torch.zeros(len(answers), width, dtype=torch.long),
-               "labels": torch.full((len(answers), width), -100, dtype=torch.long)}
-        for i, answer in enumerate(answers):
-            row = prompt + answer
-            out["input_ids"][i, : len(row)] = torch.tensor(row)
-            out["attention_mask"][i, : len(row)] = 1
-            out["labels"][i, len(prompt): len(row)] = torch.tensor(answer)
-        return out
+        return self.processor.pad_sequences([prompt + a for a in answers],
+                                            [[-100] * len(prompt) + a for a in answers])
 
 
 def _pad_stack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
