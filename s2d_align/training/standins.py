@@ -2,11 +2,12 @@
 
 A tiny random LLM is not a language model and a tiny random ViT is not Rad-DINO. Before the curriculum runs
 unchanged, the demo gives them what pretraining gives the real ones:
-  - the LLM learns report text (phantom training reports + the real IU X-Ray reports) after the prompt, the way
-    Vicuna already writes fluent text when asked (`pretrain_llm`);
+  - the LLM learns to write report text (phantom training reports + the real IU X-Ray reports) after the prompt,
+    and to follow what its user turn says (the key phrases, as text, in half of the examples), the way Vicuna
+    already writes fluent text and reads its instructions (`pretrain_llm`);
   - the image encoder learns to see the phantom's findings, the way Rad-DINO already represents chest anatomy
     (`pretrain_vision`: multi-label classification of the training studies' key phrases from pooled patch tokens,
-    with a per-patch head that is thrown away).
+    with a head that is thrown away).
 Both use the transformers `Trainer`; then the encoder is frozen again by the curriculum, as Rad-DINO is.
 """
 
@@ -30,21 +31,37 @@ def _args(output_dir: str, epochs: float, lr: float, batch_size: int, seed: int)
                              remove_unused_columns=False, disable_tqdm=False, dataloader_num_workers=0)
 
 
-def pretrain_llm(model, processor, reports: list[str], output_dir: str, *, epochs: float = 2, lr: float = 2e-3,
-                 batch_size: int = 32, seed: int = 0) -> list[dict]:
-    """Train the LLM body and head as a report language model after the (context-free) prompt."""
+def pretrain_llm(model, processor, reports: list[str], output_dir: str, *, key_phrases: list | None = None,
+                 epochs: float = 2, lr: float = 2e-3, batch_size: int = 32, seed: int = 0) -> list[dict]:
+    """Train the LLM body and head as an instruction-following report writer.
+
+    Half the examples put the report's key phrases as plain text in the user turn, where the placeholders go
+    later; the other half leave it empty. Vicuna reads what its user turn says; a tiny LM trained only on bare
+    reports learns to ignore that slot, and a frozen LM that ignores it cannot be steered by stage 1's adapter.
+    """
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(("model.language_model.", "lm_head.")))
-    dataset = Dataset.from_dict({"report": [r for r in reports if r.strip()]})
-    trainer = Trainer(model=model, args=_args(output_dir, epochs, lr, batch_size, seed), train_dataset=dataset,
-                      data_collator=lambda rows: processor(text=[r["report"] for r in rows]))
+    phrases = key_phrases or [[] for _ in reports]
+    rows = [{"report": r, "context": "; ".join(p) if i % 2 == 0 else ""}
+            for i, (r, p) in enumerate(zip(reports, phrases)) if r.strip()]
+    trainer = Trainer(model=model, args=_args(output_dir, epochs, lr, batch_size, seed),
+                      train_dataset=Dataset.from_list(rows), data_collator=lambda batch: _lm_batch(processor, batch))
     trainer.train()
     model.requires_grad_(False)
     return trainer.state.log_history
 
 
+def _lm_batch(processor, rows: list[dict]) -> dict:
+    tokenizer = processor.tokenizer
+    marker = tokenizer(processor.answer_marker, add_special_tokens=False)["input_ids"]
+    prompts = [tokenizer(processor.prompt.format(context=r["context"]))["input_ids"] + marker for r in rows]
+    answers = [processor.report_ids(r["report"], i) for i, r in enumerate(rows)]
+    return dict(processor.pad_sequences([p + a for p, a in zip(prompts, answers)],
+                                        [[-100] * len(p) + a for p, a in zip(prompts, answers)]))
+
+
 class _VisionProbe(nn.Module):
-    """Dinov2 + a linear head on every patch token, max-pooled (the head is discarded after pretraining)."""
+    """Dinov2 + a linear head on mean-pooled patch tokens (the head is discarded after pretraining)."""
 
     def __init__(self, vision_tower: nn.Module, num_targets: int):
         super().__init__()
@@ -53,9 +70,7 @@ class _VisionProbe(nn.Module):
 
     def forward(self, pixel_values, targets):
         patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-        # max over per-patch logits (multiple-instance style): small findings such as a focal opacity live in a
-        # few patches, and a mean over all patches would dilute them
-        logits = self.head(patches).amax(1)
+        logits = self.head(patches.mean(1))
         return {"loss": nn.functional.binary_cross_entropy_with_logits(logits, targets), "logits": logits}
 
 
