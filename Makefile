@@ -27,7 +27,8 @@ test: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
 
 bench: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.run_all --out out/bench
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.param_counts --out out/bench/param_counts.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.feature_cache --out out/bench/feature_cache.json
 
 clean:
 	rm -rf $(VENV) out
