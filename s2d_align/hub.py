@@ -60,7 +60,7 @@ def render_model_card(model_dir: Path, repo_id: str) -> str:
     base_models = [c for c in components.values() if c in REAL_CHECKPOINTS]
     values = {
         "license": info.get("license", "apache-2.0"),
-        "base_models": "\n".join(f"- {m}" for m in base_models) or "- lmsys/vicuna-7b-v1.5",
+        "base_models": "base_model:\n" + "".join(f"- {m}\n" for m in base_models) if base_models else "",
         "model_name": repo_id.split("/")[-1],
         "repo_id": repo_id,
         "demo_warning": info.get("warning", ""),
