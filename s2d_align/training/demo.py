@@ -38,7 +38,7 @@ class DemoConfig:
     llm_layers: int = 3
     num_memory_queries: int = 16
     vocab_size: int = 1024
-    vision_epochs: float = 8
+    vision_epochs: float = 12
     llm_epochs: float = 2
     # stage epochs and learning rates: the paper's decreasing schedule, shortened for a CPU
     stage_epochs: dict = field(default_factory=lambda: {"s1": 4.0, "s2": 2.0, "s3": 1.0})
@@ -207,11 +207,12 @@ def _publish_folder(final: str, target: Path, summary: dict, config: DemoConfig)
 
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(final, target, ignore=shutil.ignore_patterns("checkpoints", "*.png", "log_history.json"))
+    shutil.copytree(final, target, ignore=shutil.ignore_patterns("checkpoints", "adapter", "*.png",
+                                                                "log_history.json"))
     (target / "eval.json").write_text(json.dumps({k: summary[k] for k in ("table", "note", "ce_convention",
                                                                            "labeler", "references")}, indent=2))
     (target / "training_info.json").write_text(json.dumps({
-        "curriculum": "s1,s2,s3", "license": "apache-2.0",
+        "curriculum": "s1,s2,s3", "license": "apache-2.0", "total_parameters": _count_parameters(target),
         "warning": "**Demo model.** Trained on the synthetic phantom set with tiny stand-in encoders and LLM; it "
                    "shows the pipeline end to end and is not for clinical use.",
         "components": {"vision": "tiny Dinov2 (stand-in for microsoft/rad-dino)",
@@ -257,6 +258,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     from s2d_align.generation import write_jsonl
 
     write_jsonl(path, rows)
+
+
+def _count_parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        return sum(int(np.prod(weights.get_slice(name).get_shape())) for name in weights.keys())
 
 
 def _lap(start: float) -> float:

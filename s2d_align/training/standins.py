@@ -61,16 +61,18 @@ def _lm_batch(processor, rows: list[dict]) -> dict:
 
 
 class _VisionProbe(nn.Module):
-    """Dinov2 + a linear head on mean-pooled patch tokens (the head is discarded after pretraining)."""
+    """Dinov2 + a linear head on mean- and max-pooled patch tokens (the head is discarded after pretraining)."""
 
     def __init__(self, vision_tower: nn.Module, num_targets: int):
         super().__init__()
         self.vision_tower = vision_tower
-        self.head = nn.Linear(vision_tower.config.hidden_size, num_targets)
+        self.head = nn.Linear(2 * vision_tower.config.hidden_size, num_targets)
 
     def forward(self, pixel_values, targets):
         patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
-        logits = self.head(patches.mean(1))
+        # mean and max over the patches: large findings (heart size) move the mean, small ones (a focal opacity,
+        # an apical pneumothorax) live in a few patches that a mean alone would dilute
+        logits = self.head(torch.cat([patches.mean(1), patches.amax(1)], dim=-1))
         return {"loss": nn.functional.binary_cross_entropy_with_logits(logits, targets), "logits": logits}
 
 
