@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from transformers import AutoModel
-from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput

@@ -25,7 +25,7 @@ from configuration_s2d import S2DAlignConfig
 from modeling_s2d import S2DAlignConnector, S2DAlignForConditionalGeneration
 from processing_s2d import S2DAlignProcessor
 
-from .tiny import PLACEHOLDERS, RAD_DINO_MEAN, RAD_DINO_STD
+from .tiny import PLACEHOLDERS, tiny_image_processor
 
 
 def _text_encoder_config(path: str) -> BertConfig:
@@ -43,11 +43,7 @@ def _image_processor(path: str, image_size: int):
     try:
         return AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError):  # a bare encoder checkpoint: use Rad-DINO's preprocessing at the encoder size
-        from .tiny import tiny_image_processor
-
-        processor = tiny_image_processor(image_size)
-        processor.image_mean, processor.image_std = RAD_DINO_MEAN, RAD_DINO_STD
-        return processor
+        return tiny_image_processor(image_size)
 
 
 def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: str, tokenizer: str | None = None,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from s2d_align.tiny import build_tiny, minilm_path, tiny_image_processor, train_report_tokenizer
+from s2d_align.tiny import minilm_path, tiny_image_processor, train_report_tokenizer
 
 REMOTE_FILES = {"configuration_s2d.py", "modeling_s2d.py", "processing_s2d.py"}
 
