@@ -33,6 +33,9 @@ def register(subparsers) -> None:
                     help="R2Gen text cleaning applied to both sides before NLG scoring")
     ev.add_argument("--no-meteor", action="store_true", help="skip METEOR (it needs Java)")
     ev.add_argument("--no-radgraph", action="store_true", help="skip RadGraph F1")
+    ev.add_argument("--phantom", metavar="DATASET_DIR",
+                    help="a phantom dataset (s2d prepare --dataset phantom / s2d demo's data/): also score where each "
+                         "finding is (side, level, size, device kind) against its truth -> attributes in metrics.json")
     ev.set_defaults(func=run_eval)
 
 
@@ -75,6 +78,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except RuntimeError as err:
         raise ValueError(str(err)) from None
     labels = result.pop("labels")
+    if args.phantom:
+        result["phantom_attributes"] = _phantom_attributes(dict(preds), args.phantom)
     paths = write_outputs(result, args.out)
     write_jsonl(Path(args.out) / "labels.jsonl",
                 ({"id": rid, "labeler": args.labeler, "prediction": labels["predictions"][rid],
@@ -83,5 +88,32 @@ def run_eval(args: argparse.Namespace) -> int:
     print(provenance_line(result))
     print(f"B@4 {nlg['BLEU_4']:.4f}  MTR {nlg['METEOR'] if nlg['METEOR'] is None else round(nlg['METEOR'], 4)}  "
           f"RG-L {nlg['ROUGE_L']:.4f}  CE P {ce['precision']:.4f} R {ce['recall']:.4f} F1 {ce['f1']:.4f}")
+    if args.phantom:
+        from .phantom_attributes import attribute_table
+
+        table = attribute_table({"predictions": result["phantom_attributes"]})
+        (Path(args.out) / "phantom_attributes.md").write_text(table)
+        print(table)
     print(f"wrote {paths['json']}, {paths['md']}, {paths['plot']}")
     return 0
+
+
+def _phantom_attributes(predictions: dict, dataset_dir: str) -> dict:
+    """Attribute accuracy of `predictions` against the `findings` column of a phantom dataset (any split)."""
+    from datasets import load_from_disk
+
+    from .phantom_attributes import attribute_accuracy
+
+    try:
+        dsd = load_from_disk(dataset_dir)
+    except FileNotFoundError:
+        raise ValueError(f"--phantom {dataset_dir}: not a saved dataset (s2d prepare --dataset phantom writes one)")
+    truth = {i: f for split in dsd.values() if "findings" in split.column_names
+             for i, f in zip(split["id"], split["findings"]) if i in predictions}
+    if not truth:
+        raise ValueError(f"--phantom {dataset_dir}: no study of the predictions is in it (or it has no findings column)")
+    if len(truth) < len(predictions):
+        missing = next(i for i in predictions if i not in truth)
+        raise ValueError(f"--phantom {dataset_dir}: {len(predictions) - len(truth)} predicted studies are not in it, "
+                         f"e.g. {missing!r}")
+    return attribute_accuracy(predictions, truth)

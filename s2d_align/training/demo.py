@@ -73,6 +73,8 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
     _write_jsonl(out / "predictions.jsonl", [{"id": i, "report": r} for i, r in zip(test["id"], predictions)])
     _write_jsonl(out / "references.jsonl", [{"id": i, "report": r} for i, r in zip(test["id"], test["report"])])
     results = {"model": _evaluate(predictions, test, out / "eval_model")}
+    attributes = {"model": _attributes(predictions, test)}
+    mirror = _mirror(final, test, predictions, config)
     timings["generate+eval"] = _lap(start) - sum(timings.values())
 
     if config.baseline:
@@ -83,10 +85,15 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
         _write_jsonl(out / "predictions_image_blind.jsonl",
                      [{"id": i, "report": r} for i, r in zip(blind_test["id"], blind_predictions)])
         results["image_blind_baseline"] = _evaluate(blind_predictions, blind_test, out / "eval_image_blind")
+        attributes["image_blind_baseline"] = _attributes(blind_predictions, blind_test)
         timings["baseline"] = _lap(start) - sum(timings.values())
 
     timings["total"] = _lap(start)
     summary = _summary(results, config, timings)
+    summary["attributes"] = {system: {name: {k: row[k] for k in ("correct", "total", "accuracy")}
+                                      for name, row in rows.items()} for system, rows in attributes.items()}
+    summary["mirror"] = mirror
+    summary["full_attributes"] = attributes
     (out / "eval.json").write_text(json.dumps(summary, indent=2))
     (out / "eval.md").write_text(_summary_markdown(summary))
     plot_training_curves(logs, out / "training_curves.png")
@@ -173,6 +180,31 @@ def _evaluate(predictions: list[str], test, out: Path) -> dict:
     return metrics
 
 
+def _attributes(predictions: list[str], test) -> dict:
+    """Where each finding is (side, level, size, device kind), read from the reports and scored against the
+    phantom's truth (`s2d_align.metrics.phantom_attributes`)."""
+    from s2d_align.metrics.phantom_attributes import attribute_accuracy
+
+    return attribute_accuracy(dict(zip(test["id"], predictions)), dict(zip(test["id"], test["findings"])))
+
+
+def _mirror(model_dir: str, test, predictions: list[str], config: DemoConfig) -> dict:
+    """The test studies with a sided finding, their images flipped left-right: do the reports swap the sides?"""
+    from PIL import ImageOps
+
+    from s2d_align.generation import generate_reports, load_model
+    from s2d_align.metrics.phantom_attributes import mirror_agreement
+
+    sided = [i for i, f in enumerate(test["findings"])
+             if any(json.loads(f).get(name) for name in ("pneumothorax", "effusion", "opacity"))]
+    model, processor = load_model(model_dir, device="cpu")
+    flipped = [[ImageOps.mirror(Image.open(p)) for p in test[i]["image_paths"]] for i in sided]
+    mirrored = generate_reports(model, processor, flipped, batch_size=32, max_new_tokens=config.max_new_tokens)
+    ids = [test[i]["id"] for i in sided]
+    return mirror_agreement({s: predictions[i] for s, i in zip(ids, sided)}, dict(zip(ids, mirrored)),
+                            {s: test[i]["findings"] for s, i in zip(ids, sided)})
+
+
 def _summary(results: dict, config: DemoConfig, timings: dict) -> dict:
     def headline(m):
         return {"ce_micro_f1": m["ce"]["f1"], "ce_precision": m["ce"]["precision"], "ce_recall": m["ce"]["recall"],
@@ -199,6 +231,15 @@ def _summary_markdown(summary: dict) -> str:
              "|---|" + "---|" * len(keys)]
     lines += ["| " + name + " | " + " | ".join(f"{m.get(k, float('nan')):.3f}" for k in keys) + " |"
               for name, m in rows]
+    if summary.get("full_attributes"):
+        from s2d_align.metrics.phantom_attributes import attribute_table
+
+        lines += ["", "Where the findings are (phantom truth; every present finding counts, a finding the report "
+                  "omits is wrong):", "", attribute_table(summary["full_attributes"]).rstrip()]
+    mirror = summary.get("mirror")
+    if mirror and mirror["total"]:
+        lines += ["", f"Mirror test (test images flipped left-right): the report swaps the side for "
+                  f"{mirror['swapped']}/{mirror['total']} sided findings ({mirror['fraction']:.2f})."]
     return "\n".join(lines) + "\n"
 
 
