@@ -66,6 +66,22 @@ def _segment_mean_pool(features: torch.Tensor, valid: torch.Tensor, num_tokens: 
     return summed / counts
 
 
+def sincos_2d_position_embedding(rows: int, columns: int, width: int) -> torch.Tensor:
+    """Fixed 2-D sine-cosine position code (as in MAE / ViT-style sin-cos), shape (rows * columns, width), row-major
+    like a ViT's patch sequence. Half the channels encode the row, half the column; each half is [sin, cos] of the
+    position at `width // 4` frequencies 1 / 10000^(k / (width // 4))."""
+    if width % 4:
+        raise ValueError(f"a 2-D sine-cosine code needs a width divisible by 4, got {width}")
+    quarter = width // 4
+    frequency = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+
+    def code(positions):  # (n,) -> (n, 2 * quarter)
+        angles = positions[:, None].float() * frequency[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    row, column = torch.meshgrid(torch.arange(rows), torch.arange(columns), indexing="ij")
+    return torch.cat([code(row.reshape(-1)), code(column.reshape(-1))], dim=-1)
+
+
 class S2DMemoryBank(nn.Module):
     """`Q_mem`: `N_mem` learnable query vectors of the image-encoder width, shape (N_mem, d_v)."""
 
@@ -213,6 +229,15 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         """Frozen token features (B, L, d_t) of a reference report or key phrases."""
         return self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
+    def patch_position_code(self, patches: int) -> torch.Tensor:
+        """The `sincos2d` code (patches, d_v) of the encoder's patch grid (config `image_position_embedding`)."""
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        if side * side != patches:
+            raise ValueError(f"image_position_embedding='sincos2d' expects a {side}x{side} patch grid "
+                             f"(image_size {vision.image_size}, patch_size {vision.patch_size}), got {patches} patches")
+        return sincos_2d_position_embedding(side, side, vision.hidden_size)
+
     # -- context ----------------------------------------------------------------------------------------------------
     def get_context_embeddings(
         self,
@@ -234,6 +259,8 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
                 view_mask = torch.ones(batch, views, dtype=torch.bool, device=image_features.device)
             view_ids = torch.arange(views, device=image_features.device)
             tokens = image_features.to(self.view_embedding.weight.dtype) + self.view_embedding(view_ids)[:, None]
+            if self.config.image_position_embedding == "sincos2d":
+                tokens = tokens + self.patch_position_code(patches).to(tokens)
             valid = view_mask[:, :, None].expand(-1, -1, patches).reshape(batch, views * patches)
             contexts["image"] = self.connector("image", tokens.reshape(batch, views * patches, width), valid)
         text_inputs = {"reference": (reference_input_ids, reference_attention_mask, reference_features),

