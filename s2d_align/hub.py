@@ -3,7 +3,8 @@
 `s2d push --model DIR --repo-id NAME [--dry-run]`: checks the folder (config, safetensors weights, the three
 remote-code files, the processor), renders `model_card.md` into `DIR/README.md` from the folder's
 `training_info.json` and `eval.json` (when present), then uploads exactly the model files (`MODEL_FILES`: weights,
-config, generation config, processor and tokenizers, remote code, model card) and nothing else: a stage folder of
+config, generation config, processor and tokenizers, remote code, model card with the `eval.json` /
+`training_info.json` it was rendered from) and nothing else: a stage folder of
 `train_sft.py` also holds logs, `training_args.json`, the unmerged `adapter/` and, from older versions, Trainer
 `checkpoints/` with pickled optimizer states; none of them is published. `--dry-run` does everything but the upload
 and lists what would be sent.
@@ -27,6 +28,7 @@ MODEL_FILES = (
     "text_encoder_tokenizer/*",  # the processor's second tokenizer, saved in its own subfolder
     "*.py",  # remote code: the three files and whatever they import relatively (save_pretrained copies them)
     "README.md",  # the model card
+    "eval.json", "training_info.json",  # what the card was rendered from (results, provenance), when present
 )
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 REAL_CHECKPOINTS = ("microsoft/rad-dino", "microsoft/BiomedVLP-CXR-BERT-specialized", "lmsys/vicuna-7b-v1.5")

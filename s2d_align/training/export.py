@@ -4,9 +4,11 @@ With LoRA the trainer first saves the adapter (`trainer.save_model`, which under
 weights; a plain `model.save_pretrained` there writes empty LoRA tensors), then the main process rebuilds the merged
 model from the stage input + the adapter, outside `zero.Init`, and saves it with `save_pretrained` (the model class is
 registered for remote code, so the folder carries configuration_s2d.py / modeling_s2d.py / processing_s2d.py).
-The merge runs in float32, layer by layer, and each merged weight is rounded to the folder's dtype once: adding a
-small LoRA delta to bf16 weights in bf16 (PEFT's `merge_and_unload` adds in the base weight's dtype, after casting
-the delta to it) rounds twice and loses a large part of the delta.
+The merge runs in float32, layer by layer (base weight and LoRA factors), and each merged weight is rounded to the
+folder's dtype once. Adding a small LoRA delta in bf16 rounds twice (the delta, then the sum) or, with bf16 factors,
+computes the delta itself in bf16. PEFT 0.21's default merge happens to round once here (it upcasts the factors to
+float32 on load and `bf16 += fp32` rounds once), but its `safe_merge=True` path casts the delta to bf16 first, and
+neither is a documented guarantee; doing the arithmetic ourselves makes it one.
 
 Trainer checkpoints go beside the stage's folder (`checkpoint_dir`), never inside it, so a trained folder holds only
 the model and its logs and can be published as is.
@@ -75,7 +77,9 @@ def merge_adapter(model_path, adapter_dir, dtype) -> S2DAlignForConditionalGener
     for module in model.modules():
         if isinstance(module, LoraLayer):
             stored = module.get_base_layer().weight.dtype
-            module.get_base_layer().float()  # the LoRA factors are float32 already (PEFT upcasts them)
+            module.get_base_layer().float()
+            for factors in (module.lora_A, module.lora_B):  # float32 already when PEFT upcast them on load
+                factors.float()
             module.merge()
             module.get_base_layer().to(stored)
     return model.unload()  # every LoRA layer is merged: unloading keeps the merged base layers
