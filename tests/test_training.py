@@ -260,6 +260,33 @@ def test_stage1_checkpoints_hold_only_trainable_tensors_beside_the_folder_and_pu
     assert sorted(push(str(folder), "someone/s1", dry_run=True)) == sent
 
 
+def test_stage_logs_the_image_only_and_the_full_context_eval_loss(work):
+    """Both eval losses equal the trained model's own loss on processor inputs built independently of the collator:
+    image only (as `s2d generate` prompts), and with the stage's reference."""
+    from datasets import load_from_disk
+
+    from modeling_s2d import S2DAlignForConditionalGeneration
+    from processing_s2d import S2DAlignProcessor
+    from s2d_align.training import run_stage
+
+    folder = Path(run_stage(work.model, work.dataset, work.root / "eval2", 2, cache_dtype="float32", max_steps=2,
+                            learning_rate=1e-2, lora_dropout=0.0, eval_strategy="steps", eval_steps=2,
+                            per_device_eval_batch_size=4, **CPU_ARGS))
+    logged = {k: v for e in json.loads((folder / "log_history.json").read_text()) for k, v in e.items()
+              if k in ("eval_full_loss", "eval_image_only_loss")}
+    rows = load_from_disk(str(work.dataset))["validation"]  # 4 rows: one eval batch
+    model = S2DAlignForConditionalGeneration.from_pretrained(folder).eval()
+    processor = S2DAlignProcessor.from_pretrained(folder)
+    images, reports = [list(r["image_paths"]) for r in rows], list(rows["report"])
+    with torch.no_grad():
+        image_only = model(**processor(images=images, text=reports)).loss.item()
+        full = model(**processor(images=images, text=reports, references=list(rows["reference"]))).loss.item()
+    assert logged["eval_image_only_loss"] == pytest.approx(image_only, rel=1e-4)
+    assert logged["eval_full_loss"] == pytest.approx(full, rel=1e-4)
+    assert abs(full - image_only) > 1e-3  # two conditions, two numbers
+    assert (folder / "training_curve.png").stat().st_size > 0
+
+
 def test_joint_curriculum_trains_every_signal_from_the_start(work):
     from s2d_align.training import run_curriculum
 
