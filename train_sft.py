@@ -143,4 +143,9 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from s2d_align.training.features import CacheDoesNotFit
+
+    try:
+        main()
+    except CacheDoesNotFit as err:  # a user decision, not a bug: one line, no traceback
+        sys.exit(f"train_sft.py: error: {err}")

@@ -270,11 +270,15 @@ def _jobs_bytes(jobs: list[dict], encoders, processor, with_references: bool, dt
                                 dtype, tokens, encoders.config.text_encoder_config.hidden_size)
 
 
+class CacheDoesNotFit(RuntimeError):
+    """The feature cache would not fit on the disk (`train_sft.py` prints it as one line)."""
+
+
 def check_disk(root: Path, needed: int) -> None:
     """One line, both numbers and the way out, when `needed` bytes do not fit on `root`'s disk."""
     free = shutil.disk_usage(root).free
     if needed > free:
-        raise RuntimeError(f"the feature cache needs about {needed / 1e9:.1f} GB in {root} but its disk has "
+        raise CacheDoesNotFit(f"the feature cache needs about {needed / 1e9:.1f} GB in {root} but its disk has "
                            f"{free / 1e9:.1f} GB free; free space, or train with --no_feature_cache (live encoding, "
                            "feature_cache=False in Python)")
 

@@ -14,6 +14,7 @@ are already small (the Trainer saves the adapter and, under DeepSpeed, excludes 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -58,8 +59,15 @@ class S2DTrainer(SFTTrainer):
         if not (self.is_deepspeed_enabled and not _is_peft(self.model)):
             return super()._save_optimizer_and_scheduler(output_dir)
         # transformers passes `exclude_frozen_parameters=True` to DeepSpeed only for PEFT models; stage 1 freezes the
-        # encoders and the LLM itself, so its module states would otherwise hold the whole 7B model per checkpoint
-        self.model_wrapped.save_checkpoint(output_dir, exclude_frozen_parameters=True)
+        # encoders and the LLM itself, so its module states would otherwise hold the whole 7B model per checkpoint.
+        # The Trainer's own method still runs (it also saves the LR scheduler, which DeepSpeed does not own here).
+        engine = self.model_wrapped
+        engine.save_checkpoint = functools.partial(type(engine).save_checkpoint, engine,
+                                                   exclude_frozen_parameters=True)
+        try:
+            super()._save_optimizer_and_scheduler(output_dir)
+        finally:
+            del engine.save_checkpoint  # the class's method again
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         path = os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS)
