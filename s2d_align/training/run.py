@@ -70,7 +70,7 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
         # told, or it stops at the next step waiting for their gradients
         defaults["ddp_find_unused_parameters"] = True
     args = SFTConfig(**{**defaults, **sft_overrides, **SFT_FORCED, "output_dir": str(checkpoint_dir(out))})
-    check_dataloader(spec, args)
+    check_dataloader(spec, args, modality_dropout)
     if resume and checkpoint is None and Path(args.output_dir).is_dir():
         checkpoint = get_last_checkpoint(args.output_dir)
     # created after the SFTConfig, so that under ZeRO-3 the weights load partitioned (zero.Init)
@@ -102,6 +102,9 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
                "num_processes": trainer.accelerator.num_processes,
                "zero_stage": args.deepspeed_plugin.zero_stage if args.deepspeed_plugin is not None else None}
     folder = export_stage(trainer, spec, model_path, out, processor, load_dtype, summary)
+    checkpoints = Path(args.output_dir)
+    if trainer.accelerator.is_main_process and checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()  # the Trainer creates its output_dir even when it saves nothing (save_strategy "no")
     del trainer, model, inner
     gc.collect()
     if torch.cuda.is_available():
@@ -109,11 +112,15 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     return str(folder)
 
 
-def check_dataloader(spec, args) -> None:
-    if "keyphrases" in spec.modalities and args.dataloader_persistent_workers and args.dataloader_num_workers > 0:
+def check_dataloader(spec, args, modality_dropout: float = 0.0) -> None:
+    persistent = args.dataloader_persistent_workers and args.dataloader_num_workers > 0
+    if "keyphrases" in spec.modalities and persistent:
         # persistent workers keep the collator copy of the first epoch, so the key-phrase draws would never change
         raise ValueError("stage-3 key phrases are drawn per epoch in the collator; dataloader_persistent_workers "
                          "would freeze them at epoch 0; leave it off")
+    if modality_dropout > 0 and persistent:
+        raise ValueError("modality dropout is drawn per epoch and batch in the collator; "
+                         "dataloader_persistent_workers would keep the first epoch's copy; leave it off")
 
 
 def upcast_trainables(model: S2DAlignForConditionalGeneration) -> None:

@@ -37,6 +37,7 @@ section 2 reads it (appendix C's table lists every setting, but the numbers are 
 | modality dropout                          | 0 (off)                  | ours, NOT from the paper                      |
 | batch size, gradient accumulation         | the Trainer's (8, 1)     | ours (the paper's batch size is lost): set    |
 |                                           |                          | them for your GPUs                            |
+| gradient clipping, seed                   | the Trainer's (1.0, 42)  | ours (the paper gives neither)                |
 """
 
 from __future__ import annotations
