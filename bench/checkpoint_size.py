@@ -40,8 +40,9 @@ def stage1_model(config: S2DAlignConfig, dtype=torch.bfloat16) -> S2DAlignForCon
     return model
 
 
-def sizes(config: S2DAlignConfig) -> dict:
-    model = stage1_model(config)
+def sizes(config: S2DAlignConfig, dtype=torch.bfloat16) -> dict:
+    """The four checkpoint sizes of `config` with its weights stored in `dtype` (see the module docstring)."""
+    model = stage1_model(config, dtype)
     state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     params = {id(p): p for p in model.parameters()}.values()  # tied tensors once
     trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -49,9 +50,10 @@ def sizes(config: S2DAlignConfig) -> dict:
     adam = 2 * 4 * trainable  # exp_avg + exp_avg_sq in fp32
     before_plain = state_bytes + adam
     # DeepSpeed keeps the module in bf16 (its fp32 master copy lives in the optimizer states)
-    before_ds = 2 * total + 2 * total + (4 * trainable + adam)
+    half = 2  # DeepSpeed runs in bf16
+    before_ds = half * total + half * total + (4 * trainable + adam)
     after_plain = 4 * trainable + adam
-    after_ds = 2 * trainable + (4 * trainable + adam)
+    after_ds = half * trainable + (4 * trainable + adam)
     return {
         "config": "S2DAlignConfig() defaults: Rad-DINO-B/14 518 px, CXR-BERT, Vicuna-7B; bf16",
         "total_parameters": total, "trainable_parameters_stage_1": trainable,

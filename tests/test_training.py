@@ -260,6 +260,32 @@ def test_stage1_checkpoints_hold_only_trainable_tensors_beside_the_folder_and_pu
     assert sorted(push(str(folder), "someone/s1", dry_run=True)) == sent
 
 
+def test_checkpoint_size_bench_matches_the_files_written(work, monkeypatch):
+    """bench/checkpoint_size.py's formulas (used for the 7B figures) against real stage-1 checkpoints of the tiny
+    model, written by the stock SFTTrainer (before) and by S2DTrainer (after)."""
+    from trl import SFTTrainer
+
+    import s2d_align.training.trainer as trainer_module
+    from bench.checkpoint_size import sizes
+    from configuration_s2d import S2DAlignConfig
+    from s2d_align.training import run_stage
+
+    expected = sizes(S2DAlignConfig.from_pretrained(work.model), dtype=torch.float32)["bytes"]
+    args = {**CPU_ARGS, "save_strategy": "steps", "save_steps": 1, "max_steps": 1}
+    run_stage(work.model, work.dataset, work.root / "size-after", 1, **args)
+    monkeypatch.setattr(trainer_module, "S2DTrainer", SFTTrainer)
+    run_stage(work.model, work.dataset, work.root / "size-before", 1, **args)
+
+    def written(name, files):
+        return sum((work.root / f"{name}-checkpoints" / "checkpoint-1" / f).stat().st_size for f in files)
+
+    before = written("size-before", ("model.safetensors", "optimizer.pt"))
+    after = written("size-after", ("trainable.safetensors", "optimizer.pt"))
+    # safetensors headers and pickle framing: tens of kilobytes at most
+    assert expected["before_no_deepspeed"] <= before <= expected["before_no_deepspeed"] + 100_000
+    assert expected["after_no_deepspeed"] <= after <= expected["after_no_deepspeed"] + 100_000
+
+
 def test_stage_logs_the_image_only_and_the_full_context_eval_loss(work):
     """Both eval losses equal the trained model's own loss on processor inputs built independently of the collator:
     image only (as `s2d generate` prompts), and with the stage's reference."""
