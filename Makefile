@@ -29,6 +29,9 @@ test: venv
 bench: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.param_counts --out out/bench/param_counts.json
 	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.feature_cache --out out/bench/feature_cache.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.checkpoint_size --out out/bench/checkpoint_size.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.cache_estimate --out out/bench/cache_estimate.json
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.memory_plan --out out/bench/memory_plan.json
 
 clean:
 	rm -rf $(VENV) out

@@ -18,22 +18,26 @@ CONFIG.yaml holds any of the arguments below and every `SFTConfig` field; the co
     per_device_train_batch_size: 8
     gradient_accumulation_steps: 2
 
-Per-stage defaults (paper): epochs 8 / 5 / 3, learning rate 3e-4 / 1e-4 / 5e-5, AdamW, cosine with 3% warmup; a value
-you set (in the file or on the command line) wins over them in every stage. `--resume` continues a killed run from
-the last checkpoint in `output_dir/checkpoints` (with `--curriculum`, finished stages are skipped).
+Per-stage defaults (paper): epochs 8 / 5 / 3, learning rate 3e-4 / 1e-4 / 5e-5, AdamW, cosine with warmup (3%: ours);
+`s2d_align/training/stages.py` lists every default and whether it is the paper's or ours. A value you set (in the
+file or on the command line) wins over them in every stage. Checkpoints go to `<stage folder>-checkpoints/` beside
+the stage's folder (the newest two: `save_total_limit: 2`, ours; stage 1 keeps only its trainable tensors and their
+optimizer state); `--resume` continues a killed run from the last one (with `--curriculum`, finished stages are
+skipped).
 
 Each stage's `output_dir` is a complete model folder that loads with
 `AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)`: LoRA merged into the LLM
 (`merge_and_unload`), model and processor saved with `save_pretrained` (which writes the remote-code files), plus
-`log_history.json`, `training_curve.png`, `training_args.json`, `s2d_stage.json`, the unmerged `adapter/` and the
-Trainer's `checkpoints/`; see `s2d_align.training` for the layout. Under ZeRO-3 the weights are partitioned, so the
+`log_history.json`, `training_curve.png`, `training_args.json`, `s2d_stage.json` and the unmerged `adapter/`; the
+Trainer's checkpoints are beside it; see `s2d_align.training` for the layout. Under ZeRO-3 the weights are partitioned, so the
 stage is saved through `trainer.save_model()` (which gathers them; a plain `save_pretrained` would write empty LoRA
 tensors) and rank 0 then merges the saved adapter into the stage input outside `zero.Init`.
 
 DeepSpeed: pass `--deepspeed ds_configs/zero2.json` (or zero3.json, zero3_offload.json), or launch with
 `accelerate_configs/multi_gpu.yaml` / `multi_node.yaml`; every value in the json is "auto" and filled in by the Trainer.
 The frozen encoders' features are cached next to the dataset (`<dataset_path>/feature_cache/<key>/`) before training,
-each process computing its share of the shards (`--no_feature_cache` encodes live).
+each process computing its share of the shards (`--no_feature_cache` encodes live; `s2d cache list|clean DATASET`
+shows and deletes caches).
 """
 
 from __future__ import annotations
@@ -48,20 +52,34 @@ import yaml
 
 @dataclass
 class S2DAlignArguments:
+    """Our arguments beside `SFTConfig`'s. Each help text says whether its default is the paper's or ours."""
+
     model_name_or_path: str | None = field(default=None, metadata={"help": "S2D-Align model folder (stage input)."})
     dataset_path: str | None = field(default=None, metadata={"help": "DatasetDict saved with save_to_disk."})
     stage: str | None = field(default=None, metadata={"help": "Stage to run: 1, 2, 3 or joint."})
     curriculum: str | None = field(default=None, metadata={"help": "Stages to run in order, e.g. s1,s2,s3."})
-    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
-    feature_cache: bool = field(default=True, metadata={"help": "Cache the frozen encoders' outputs."})
-    cache_dtype: str = field(default="float16", metadata={"help": "Storage dtype of the feature cache."})
-    cache_shard_size: int = field(default=256, metadata={"help": "Rows per feature-cache shard."})
+    resume: bool = field(default=False, metadata={
+        "help": "Continue from the last checkpoint in <output_dir>-checkpoints (beside the stage folder)."})
+    feature_cache: bool = field(default=True, metadata={
+        "help": "Cache the frozen encoders' outputs next to the dataset (ours; --no_feature_cache encodes live). "
+                "Rad-DINO at 518 px: 2.1 MB per image in float16; training stops before writing if the disk is "
+                "too small."})
+    cache_dtype: str = field(default="float16", metadata={"help": "Storage dtype of the feature cache (ours)."})
+    cache_shard_size: int = field(default=256, metadata={"help": "Rows per feature-cache shard (ours)."})
+    cache_batch_size: int = field(default=8, metadata={"help": "Batch size of the feature-cache precompute (ours)."})
+    cache_workers: int = field(default=0, metadata={
+        "help": "DataLoader workers that decode images for the feature-cache precompute (ours; 0 = in process)."})
     dtype: str = field(default="auto", metadata={"help": "dtype the model loads in (auto: the checkpoint's)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (stages 2 and 3)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (stages 2 and 3). Ours: the paper's is lost."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha. Ours: the paper's is lost."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout. Ours: the paper's is lost."})
+    modality_dropout: float = field(default=0.0, metadata={
+        "help": "NOT from the paper (ours, off by default): probability that a training batch drops its reference "
+                "/ key-phrase context to the image-only prompt of inference (drawn per batch, the same on every "
+                "rank)."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    eval_split: str = field(default="validation", metadata={"help": "Split to evaluate on (with eval_strategy)."})
+    eval_split: str = field(default="validation", metadata={
+        "help": "Split to evaluate on (with eval_strategy); logs eval_image_only_loss and eval_full_loss."})
 
 
 def make_parser():
@@ -125,4 +143,9 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from s2d_align.training.features import CacheDoesNotFit
+
+    try:
+        main()
+    except CacheDoesNotFit as err:  # a user decision, not a bug: one line, no traceback
+        sys.exit(f"train_sft.py: error: {err}")

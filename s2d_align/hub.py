@@ -1,9 +1,13 @@
 """Publish a trained S2D-Align folder to the Hugging Face Hub with its remote code and a filled-in model card.
 
 `s2d push --model DIR --repo-id NAME [--dry-run]`: checks the folder (config, safetensors weights, the three
-remote-code files, the processor, no pickled weights), renders `model_card.md` into `DIR/README.md` from the
-folder's `training_info.json` and `eval.json` (when present), then uploads the folder. `--dry-run` does
-everything but the upload and lists what would be sent.
+remote-code files, the processor), renders `model_card.md` into `DIR/README.md` from the folder's
+`training_info.json` and `eval.json` (when present), then uploads exactly the model files (`MODEL_FILES`: weights,
+config, generation config, processor and tokenizers, remote code, model card with the `eval.json` /
+`training_info.json` it was rendered from) and nothing else: a stage folder of
+`train_sft.py` also holds logs, `training_args.json`, the unmerged `adapter/` and, from older versions, Trainer
+`checkpoints/` with pickled optimizer states; none of them is published. `--dry-run` does everything but the upload
+and lists what would be sent.
 """
 
 from __future__ import annotations
@@ -13,9 +17,26 @@ from pathlib import Path
 from string import Template
 
 REMOTE_CODE = ("configuration_s2d.py", "modeling_s2d.py", "processing_s2d.py")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+# What a model repo holds, as glob patterns relative to the folder (`Path.glob`: `*` stays within one folder level,
+# unlike the fnmatch patterns of `upload_folder`, where `*.safetensors` would also take `adapter/*.safetensors`).
+MODEL_FILES = (
+    "*.safetensors", "model.safetensors.index.json",  # weights
+    "config.json", "generation_config.json",
+    "processor_config.json", "preprocessor_config.json", "chat_template.jinja", "chat_template.json",  # processor
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt",
+    "text_encoder_tokenizer/*",  # the processor's second tokenizer, saved in its own subfolder
+    "*.py",  # remote code: the three files and whatever they import relatively (save_pretrained copies them)
+    "README.md",  # the model card
+    "eval.json", "training_info.json",  # what the card was rendered from (results, provenance), when present
+)
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
 REAL_CHECKPOINTS = ("microsoft/rad-dino", "microsoft/BiomedVLP-CXR-BERT-specialized", "lmsys/vicuna-7b-v1.5")
+
+
+def model_files(model_dir: Path) -> list[Path]:
+    """The files of `model_dir` that `MODEL_FILES` selects, sorted."""
+    return sorted({p for pattern in MODEL_FILES for p in model_dir.glob(pattern) if p.is_file()})
 
 
 def check_folder(model_dir: Path) -> list[Path]:
@@ -29,12 +50,9 @@ def check_folder(model_dir: Path) -> list[Path]:
     if missing:
         raise ValueError(f"{model_dir} lacks {', '.join(missing)}: save it with the s2d_align package imported "
                          "(model.save_pretrained and processor.save_pretrained)")
-    files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    if not any(p.suffix == ".safetensors" for p in files):
-        raise ValueError(f"{model_dir} holds no .safetensors weights")
-    pickled = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickled:
-        raise ValueError(f"{model_dir} holds pickled weights {pickled}; only safetensors are published")
+    files = model_files(model_dir)
+    if not any(p.suffix == ".safetensors" and p.parent == model_dir for p in files):
+        raise ValueError(f"{model_dir} holds no .safetensors weights (pickled weights are never published)")
     return files
 
 
@@ -97,7 +115,9 @@ def push(model_dir: str, repo_id: str, *, dry_run: bool = False, private: bool =
 
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload S2D-Align model")
+    # exact relative paths as the allow-list: only the selected files go, whatever else the folder holds
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload S2D-Align model",
+                      allow_patterns=files)
     return files
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 from safetensors import safe_open
 
+from modeling_s2d import STAGE_TRAINABLE
 from test_training_support import CPU_ARGS, load_state, losses, make_dataset, make_model, one_thread  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +45,10 @@ def work(tmp_path_factory):
     config = {"model_name_or_path": str(make_model(root / "m0")), "dataset_path": str(make_dataset(root)),
               "curriculum": "s1,s2", "max_steps": 3, "learning_rate": 1e-2, "warmup_steps": 0,
               "lora_dropout": 0.0,  # with dropout, two ranks would draw other masks than one process
-              **{k: v for k, v in CPU_ARGS.items() if k != "seed"}, "seed": 0}
+              **{k: v for k, v in CPU_ARGS.items() if k != "seed"}, "seed": 0,
+              # as on a real run: activation checkpointing on in every stage (stage 1 non-reentrant, no PEFT; stage 2
+              # with PEFT, where TRL picks), and Trainer checkpoints written under DeepSpeed
+              "activation_checkpointing": True, "save_strategy": "steps", "save_steps": 2}
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return SimpleNamespace(root=root, config=path)
@@ -81,6 +87,13 @@ def test_deepspeed_matches_plain_training(work, baseline, zero):
         assert config["deepspeed"].endswith(f"{zero}.json")
         summary = json.loads((out / stage / "s2d_stage.json").read_text())  # it really ran under DeepSpeed
         assert summary["distributed_type"] == "DistributedType.DEEPSPEED" and summary["zero_stage"] == int(zero[-1])
+        assert config["activation_checkpointing"] is True
+    # the stage-1 DeepSpeed checkpoint, beside the stage folder, holds no frozen tensor (exclude_frozen_parameters)
+    checkpoint = out / "s1-checkpoints" / "checkpoint-2"
+    (states,) = checkpoint.glob("global_step2/*mp_rank_00_model_states.pt")
+    module = torch.load(states, map_location="cpu", weights_only=False)["module"]
+    assert module and all(any(g in k for g in STAGE_TRAINABLE[1]) for k in module), sorted(module)[:5]
+    assert not (checkpoint / "model.safetensors").exists() and not (out / "s1" / "checkpoints").exists()
     # the saved models (full-model save for s1, LoRA merge for s2) name their tensors as a plain save does, load,
     # and match the run without DeepSpeed up to float reduction order, which Adam amplifies on near-zero
     # gradients: within 5% of each tensor's own update
@@ -96,6 +109,30 @@ def test_deepspeed_matches_plain_training(work, baseline, zero):
             moved += update > 0
             assert (mine[key] - value).abs().max().item() <= 0.05 * update + 1e-7, f"{zero} {stage} {key}"
         assert moved > 0
+    if zero == "zero3":
+        _resume_stage1_from_step2(work, out, env, command)
+
+
+def _resume_stage1_from_step2(work, out, env, command):
+    """Stage 1 resumed under ZeRO-3 from its step-2 checkpoint (no frozen tensors in it) ends with the weights of
+    the uninterrupted run."""
+    resumed = work.root / "zero3-resumed" / "s1"
+    shutil.copytree(out / "s1-checkpoints" / "checkpoint-2", resumed.with_name("s1-checkpoints") / "checkpoint-2")
+    config = {**yaml.safe_load(work.config.read_text()), "stage": "1", "resume": True, "output_dir": str(resumed)}
+    config.pop("curriculum")
+    path = work.root / "resume.yaml"
+    path.write_text(yaml.safe_dump(config))
+    at = command.index("--config")
+    result = subprocess.run([*command[:at], "--config", str(path), "--deepspeed", command[-1]], cwd=REPO,
+                            env={**env, "MASTER_PORT": str(_free_port())}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((resumed / "s2d_stage.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["global_step"] == 3
+    assert len(losses(json.loads((resumed / "log_history.json").read_text()))) == 3  # 2 from the state, 1 new
+    whole, again = load_state(out / "s1"), load_state(resumed)
+    different = [k for k in whole if not torch.equal(whole[k], again[k])]
+    assert not different, different[:5]
 
 
 def test_two_processes_zero3_with_the_shipped_accelerate_config(work, baseline, tmp_path):

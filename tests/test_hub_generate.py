@@ -41,12 +41,12 @@ def test_push_uploads_the_folder(saved, monkeypatch):
         def create_repo(self, repo_id, private, exist_ok):
             calls.append(("create", repo_id, private))
 
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload", folder_path, repo_id))
+        def upload_folder(self, folder_path, repo_id, commit_message, allow_patterns=None):
+            calls.append(("upload", folder_path, repo_id, sorted(allow_patterns)))
 
     monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
-    push(str(saved), "someone/tiny-s2d", private=True)
-    assert calls == [("create", "someone/tiny-s2d", True), ("upload", str(saved), "someone/tiny-s2d")]
+    files = push(str(saved), "someone/tiny-s2d", private=True)
+    assert calls == [("create", "someone/tiny-s2d", True), ("upload", str(saved), "someone/tiny-s2d", sorted(files))]
 
 
 def test_push_refuses_bad_folders(tmp_path, saved, capsys):
@@ -55,12 +55,20 @@ def test_push_refuses_bad_folders(tmp_path, saved, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="model_type 'llama', not 's2d_align'"):
         check_folder(tmp_path)
-    (saved / "optimizer.pt").write_bytes(b"pickle")
+    (saved / "optimizer.pt").write_bytes(b"pickle")  # never published, whatever else the folder holds
     try:
-        assert main(["push", "--model", str(saved), "--repo-id", "a/b", "--dry-run"]) == 2
-        assert "pickled weights ['optimizer.pt']" in capsys.readouterr().err
+        assert main(["push", "--model", str(saved), "--repo-id", "a/b", "--dry-run"]) == 0
+        assert "optimizer.pt" not in capsys.readouterr().out
     finally:
         (saved / "optimizer.pt").unlink()
+    weightless = tmp_path / "weightless"
+    weightless.mkdir()
+    for name in ("config.json", "configuration_s2d.py", "modeling_s2d.py", "processing_s2d.py",
+                 "processor_config.json"):
+        (weightless / name).write_bytes((saved / name).read_bytes())
+    (weightless / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="holds no .safetensors weights"):
+        check_folder(weightless)
     with pytest.raises(ValueError, match="must look like 'user-or-org/name'"):
         push(str(saved), "no-namespace", dry_run=True)
 

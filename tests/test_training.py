@@ -149,7 +149,12 @@ def test_feature_cache_gives_the_same_loss_as_live_encoding(work):
     assert (work.dataset / "feature_cache").is_dir()
 
 
-def test_resume_after_interrupt_gives_the_same_weights(work):
+# p = 0.33 with seed 0: epoch 0 drops batches 0 and 1 but not 3, the batch the resume starts with, so a resume that
+# lost count of the skipped batches (drawing batch 3 as batch 0) would drop it and fail the comparison
+@pytest.mark.parametrize("stage, dropout", [(1, 0.0), (3, 0.33)])
+def test_resume_after_interrupt_gives_the_same_weights(work, stage, dropout):
+    """Stage 1 (no PEFT: checkpoints of the trainable tensors only) and stage 3 (LoRA dropout, per-epoch key-phrase
+    draws and per-batch modality-dropout draws all have to replay)."""
     from transformers import TrainerCallback
 
     from s2d_align.training import run_stage
@@ -167,19 +172,21 @@ def test_resume_after_interrupt_gives_the_same_weights(work):
         def on_step_end(self, args, state, control, **kwargs):
             self.count += 1
 
-    # stage 3: LoRA dropout and per-epoch key-phrase draws both have to replay; batch 2 -> 4 steps per epoch, so
-    # the run is interrupted mid-epoch and resumes across an epoch boundary
+    # batch 2 -> 4 steps per epoch, so the run is interrupted mid-epoch and resumes across an epoch boundary
     args = {**CPU_ARGS, "per_device_train_batch_size": 2, "save_strategy": "steps", "save_steps": 3,
-            "max_steps": 6, "learning_rate": 1e-3}
-    whole = run_stage(work.model, work.dataset, work.root / "whole", 3, **args)
+            "max_steps": 6, "learning_rate": 1e-3, "modality_dropout": dropout}
+    whole = run_stage(work.model, work.dataset, work.root / f"whole{stage}", stage, **args)
     with pytest.raises(Interrupt):
-        run_stage(work.model, work.dataset, work.root / "resumed", 3, callbacks=[StopAfterFirstCheckpoint()], **args)
-    assert (work.root / "resumed" / "checkpoints" / "checkpoint-3").is_dir()
-    assert not (work.root / "resumed" / "model.safetensors").exists()
+        run_stage(work.model, work.dataset, work.root / f"resumed{stage}", stage,
+                  callbacks=[StopAfterFirstCheckpoint()], **args)
+    checkpoint = work.root / f"resumed{stage}-checkpoints" / "checkpoint-3"  # beside the model folder
+    assert checkpoint.is_dir()
+    assert not (work.root / f"resumed{stage}" / "model.safetensors").exists()
     steps = StepCounter()
-    resumed = run_stage(work.model, work.dataset, work.root / "resumed", 3, resume=True, callbacks=[steps], **args)
+    resumed = run_stage(work.model, work.dataset, work.root / f"resumed{stage}", stage, resume=True,
+                        callbacks=[steps], **args)
     assert steps.count == 3  # continued from step 3, not restarted (a restart with the same seed would also match)
-    assert json.loads((Path(resumed) / "s2d_stage.json").read_text())["resumed_from"].endswith("checkpoint-3")
+    assert json.loads((Path(resumed) / "s2d_stage.json").read_text())["resumed_from"] == str(checkpoint)
     a, b = load_file(Path(whole) / "model.safetensors"), load_file(Path(resumed) / "model.safetensors")
     assert set(a) == set(b)
     different = [k for k in a if not torch.equal(a[k], b[k])]
@@ -187,6 +194,123 @@ def test_resume_after_interrupt_gives_the_same_weights(work):
     log_a = losses(json.loads((Path(whole) / "log_history.json").read_text()))
     log_b = losses(json.loads((Path(resumed) / "log_history.json").read_text()))
     assert log_a == log_b and len(log_a) == 6
+    if dropout:  # the draws did drop some batches: the losses are not those of the stage without dropout
+        plain = run_stage(work.model, work.dataset, work.root / f"plain{stage}", stage,
+                          **{**args, "modality_dropout": 0.0})
+        assert losses(json.loads((Path(plain) / "log_history.json").read_text())) != log_a
+
+
+def test_stage1_checkpoints_hold_only_trainable_tensors_beside_the_folder_and_push_sends_only_model_files(
+        work, monkeypatch):
+    from safetensors import safe_open
+
+    from modeling_s2d import S2DAlignForConditionalGeneration
+    from s2d_align.hub import push
+    from s2d_align.training import run_stage
+
+    out = work.root / "s1-ckpt"
+    folder = Path(run_stage(work.model, work.dataset, out, 1, **{**CPU_ARGS, "save_strategy": "steps",
+                                                                  "save_steps": 1, "max_steps": 3}))
+    checkpoints = work.root / "s1-ckpt-checkpoints"
+    # the default save_total_limit (2) keeps the newest two of three
+    assert sorted(p.name for p in checkpoints.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert not list(folder.glob("checkpoint*"))
+    model = S2DAlignForConditionalGeneration.from_pretrained(work.model)
+    expected = {n for n, p in model.named_parameters() if any(g in n for g in STAGE_TRAINABLE[1])}
+    last = checkpoints / "checkpoint-3"
+    with safe_open(last / "trainable.safetensors", "pt") as handle:
+        assert set(handle.keys()) == expected
+    assert not (last / "model.safetensors").exists()
+    trainable_bytes = sum(model.get_parameter(n).numel() * 4 for n in expected)
+    whole_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    on_disk = sum(p.stat().st_size for p in last.iterdir())
+    # trainables + their two Adam moments, with room for pickle framing: far below a single copy of the model
+    assert on_disk < 3 * trainable_bytes + 200_000 < whole_bytes
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls.append(("create", repo_id))
+
+        def upload_folder(self, folder_path, repo_id, commit_message, allow_patterns=None):
+            from huggingface_hub.utils import filter_repo_objects
+
+            # what huggingface_hub itself would select from the folder with these patterns
+            every = [p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file()]
+            calls.append(("upload", sorted(filter_repo_objects(every, allow_patterns=allow_patterns))))
+
+    monkeypatch.setattr("huggingface_hub.HfApi", FakeApi)
+    listed = push(str(folder), "someone/s1", dry_run=True)
+    push(str(folder), "someone/s1")
+    sent = calls[1][1]
+    assert sent == sorted(listed)
+    tokenizer_files = sorted(p.relative_to(folder).as_posix() for p in (folder / "text_encoder_tokenizer").iterdir())
+    assert set(sent) == {"README.md", "config.json", "configuration_s2d.py", "generation_config.json",
+                         "model.safetensors", "modeling_s2d.py", "processing_s2d.py", "processor_config.json",
+                         "tokenizer.json", "tokenizer_config.json", *tokenizer_files}
+    # a folder written by an older version, with Trainer checkpoints and an adapter inside, still sends only these
+    (folder / "checkpoints" / "checkpoint-1").mkdir(parents=True)
+    (folder / "checkpoints" / "checkpoint-1" / "optimizer.pt").write_bytes(b"pickle")
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    assert sorted(push(str(folder), "someone/s1", dry_run=True)) == sent
+
+
+def test_checkpoint_size_bench_matches_the_files_written(work, monkeypatch):
+    """bench/checkpoint_size.py's formulas (used for the 7B figures) against real stage-1 checkpoints of the tiny
+    model, written by the stock SFTTrainer (before) and by S2DTrainer (after)."""
+    from trl import SFTTrainer
+
+    import s2d_align.training.trainer as trainer_module
+    from bench.checkpoint_size import sizes
+    from configuration_s2d import S2DAlignConfig
+    from s2d_align.training import run_stage
+
+    expected = sizes(S2DAlignConfig.from_pretrained(work.model), dtype=torch.float32)["bytes"]
+    args = {**CPU_ARGS, "save_strategy": "steps", "save_steps": 1, "max_steps": 1}
+    run_stage(work.model, work.dataset, work.root / "size-after", 1, **args)
+    monkeypatch.setattr(trainer_module, "S2DTrainer", SFTTrainer)
+    run_stage(work.model, work.dataset, work.root / "size-before", 1, **args)
+
+    def written(name, files):
+        return sum((work.root / f"{name}-checkpoints" / "checkpoint-1" / f).stat().st_size for f in files)
+
+    before = written("size-before", ("model.safetensors", "optimizer.pt"))
+    after = written("size-after", ("trainable.safetensors", "optimizer.pt"))
+    # safetensors headers and pickle framing: tens of kilobytes at most
+    assert expected["before_no_deepspeed"] <= before <= expected["before_no_deepspeed"] + 100_000
+    assert expected["after_no_deepspeed"] <= after <= expected["after_no_deepspeed"] + 100_000
+
+
+def test_stage_logs_the_image_only_and_the_full_context_eval_loss(work):
+    """Both eval losses equal the trained model's own loss on processor inputs built independently of the collator:
+    image only (as `s2d generate` prompts), and with the stage's reference."""
+    from datasets import load_from_disk
+
+    from modeling_s2d import S2DAlignForConditionalGeneration
+    from processing_s2d import S2DAlignProcessor
+    from s2d_align.training import run_stage
+
+    folder = Path(run_stage(work.model, work.dataset, work.root / "eval2", 2, cache_dtype="float32", max_steps=2,
+                            learning_rate=1e-2, lora_dropout=0.0, eval_strategy="steps", eval_steps=2,
+                            per_device_eval_batch_size=4, **CPU_ARGS))
+    logged = {k: v for e in json.loads((folder / "log_history.json").read_text()) for k, v in e.items()
+              if k in ("eval_full_loss", "eval_image_only_loss")}
+    rows = load_from_disk(str(work.dataset))["validation"]  # 4 rows: one eval batch
+    model = S2DAlignForConditionalGeneration.from_pretrained(folder).eval()
+    processor = S2DAlignProcessor.from_pretrained(folder)
+    images, reports = [list(r["image_paths"]) for r in rows], list(rows["report"])
+    with torch.no_grad():
+        image_only = model(**processor(images=images, text=reports)).loss.item()
+        full = model(**processor(images=images, text=reports, references=list(rows["reference"]))).loss.item()
+    assert logged["eval_image_only_loss"] == pytest.approx(image_only, rel=1e-4)
+    assert logged["eval_full_loss"] == pytest.approx(full, rel=1e-4)
+    assert abs(full - image_only) > 1e-3  # two conditions, two numbers
+    assert (folder / "training_curve.png").stat().st_size > 0
 
 
 def test_joint_curriculum_trains_every_signal_from_the_start(work):

@@ -42,13 +42,13 @@ def data(tmp_path):
 
 def _count_shard_computations(monkeypatch) -> list:
     calls = []
-    original = features._compute_shard
+    original = features._compute_shards
 
-    def counting(encoders, processor, rows, *args, **kwargs):
-        calls.append([r["id"] for r in rows])
-        return original(encoders, processor, rows, *args, **kwargs)
+    def counting(encoders, processor, jobs, *args, **kwargs):
+        calls.extend([r["id"] for r in job["rows"]] for job in jobs)
+        return original(encoders, processor, jobs, *args, **kwargs)
 
-    monkeypatch.setattr(features, "_compute_shard", counting)
+    monkeypatch.setattr(features, "_compute_shards", counting)
     return calls
 
 
@@ -221,3 +221,109 @@ def test_script_needs_a_stage_or_a_curriculum(tmp_path):
         train_sft.main(["--model_name_or_path", "m", "--dataset_path", "d", "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--dataset_path is required"):
         train_sft.main(["--model_name_or_path", "m", "--output_dir", str(tmp_path), "--stage", "1"])
+
+
+# -- size, disk, workers, list / clean -----------------------------------------------------------------------------
+def _cached_tensor_bytes(root) -> int:
+    total = 0
+    for shard in root.rglob("shard-*.safetensors"):
+        total += sum(t.numel() * t.element_size() for t in load_file(shard).values())
+    return total
+
+
+def test_size_estimate_equals_the_tensors_written(tiny_folder, data):
+    prepare_feature_cache(tiny_folder.path, data.path, data.splits, tiny_folder.processor, shard_size=4)
+    (root,) = (data.path / "feature_cache").iterdir()
+    encoders, _ = features.load_encoders(tiny_folder.path)
+    rows = data.splits["train"].to_list()
+    estimate = features._jobs_bytes([{"rows": rows}], encoders, tiny_folder.processor, True, "float16")
+    assert estimate == _cached_tensor_bytes(root)
+    # the formula itself, on Rad-DINO's numbers: 1,369 patches x 768 x 2 bytes = 2.1 MB per image
+    assert features.estimate_cache_bytes(1, 1369, 768) == 2_102_784
+
+
+def test_a_cache_that_does_not_fit_stops_before_writing(tiny_folder, data, monkeypatch):
+    monkeypatch.setattr(features.shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, free=1000))
+    with pytest.raises(RuntimeError) as err:
+        prepare_feature_cache(tiny_folder.path, data.path, data.splits, tiny_folder.processor)
+    message = str(err.value)
+    assert "\n" not in message and "--no_feature_cache" in message
+    assert "GB free" in message and "needs about" in message
+    assert not list((data.path / "feature_cache").rglob("*.safetensors"))
+
+
+def test_precompute_workers_and_batch_size_give_the_same_features(tiny_folder, data, tmp_path):
+    args = (tiny_folder.path, data.path, data.splits, tiny_folder.processor)
+    one = prepare_feature_cache(*args, dtype="float32", batch_size=8, cache_root=tmp_path / "a")
+    two = prepare_feature_cache(*args, dtype="float32", batch_size=3, num_workers=1, cache_root=tmp_path / "b")
+    for row in data.splits["train"]:
+        assert torch.equal(one.image(row["id"]), two.image(row["id"]))
+        assert torch.equal(one.reference(row["id"]), two.reference(row["id"]))
+
+
+def test_cache_cli_lists_and_cleans(tiny_folder, data, capsys):
+    from s2d_align.cli import main
+
+    prepare_feature_cache(tiny_folder.path, data.path, data.splits, tiny_folder.processor)
+    (kept,) = (data.path / "feature_cache").iterdir()
+    stale = data.path / "feature_cache" / "0123456789abcdef"
+    shutil.copytree(kept, stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    (stale / "manifest.json").write_text(json.dumps({**manifest, "encoder_weights_sha256": "other encoders"}))
+    assert main(["cache", "list", str(data.path)]) == 0
+    listing = capsys.readouterr().out
+    assert kept.name in listing and stale.name in listing
+    assert main(["cache", "clean", str(data.path), "--keep-model", str(tiny_folder.path)]) == 0
+    assert kept.is_dir() and not stale.exists()
+    assert main(["cache", "clean", str(data.path)]) == 2  # says what to pass
+    assert "--key KEY, --keep-model MODEL_DIR or --all" in capsys.readouterr().err
+    assert main(["cache", "clean", str(data.path), "--key", "nope"]) == 2
+    assert main(["cache", "clean", str(data.path), "--all"]) == 0
+    assert not list((data.path / "feature_cache").iterdir())
+
+
+# -- eval contexts and modality dropout ----------------------------------------------------------------------------
+def _rows(n, prefix):
+    return [{"id": f"{prefix}{i}", "image_paths": [], "report": "clear.", "reference": "ref", "key_phrases": ["a"]}
+            for i in range(n)]
+
+
+def test_modality_dropout_is_per_batch_and_the_same_on_every_rank(tiny_folder, monkeypatch):
+    from s2d_align.training.collator import EVAL_CONTEXT_COLUMN
+
+    stage3 = ("image", "reference", "keyphrases")
+    # two ranks: same seed, other samples; their draws must agree batch by batch
+    ranks = [S2DAlignCollator(tiny_folder.processor, stage3, seed=3, modality_dropout=0.5) for _ in range(2)]
+    draws = [[rank.batch_modalities(_rows(2, f"r{r}b{b}-")) for b in range(60)] for r, rank in enumerate(ranks)]
+    assert draws[0] == draws[1]
+    dropped = sum(d == ("image",) for d in draws[0])
+    assert 15 <= dropped <= 45 and set(draws[0]) == {("image",), stage3}
+    ranks[0].epoch = 1  # a new epoch draws anew
+    assert [ranks[0].batch_modalities(_rows(2, "x")) for _ in range(60)] != draws[0]
+    # off by default, and never on evaluation rows, whose context is their own
+    assert S2DAlignCollator(tiny_folder.processor, stage3).batch_modalities(_rows(2, "y")) == stage3
+    always = S2DAlignCollator(tiny_folder.processor, stage3, modality_dropout=1.0)
+    assert always.batch_modalities([{**r, EVAL_CONTEXT_COLUMN: "full"} for r in _rows(2, "e")]) == stage3
+    never = S2DAlignCollator(tiny_folder.processor, stage3)
+    assert never.batch_modalities([{**r, EVAL_CONTEXT_COLUMN: "image_only"} for r in _rows(2, "e")]) == ("image",)
+    with pytest.raises(ValueError, match="probability"):
+        S2DAlignCollator(tiny_folder.processor, stage3, modality_dropout=1.5)
+
+
+def test_a_dropped_batch_is_the_image_only_prompt_of_inference(tiny_folder, data):
+    rows = list(data.splits["train"].select(range(3)))
+    processor = tiny_folder.processor
+    dropped = S2DAlignCollator(processor, ("image", "reference", "keyphrases"), modality_dropout=1.0)(rows)
+    inference = processor(images=[r["image_paths"] for r in rows], text=[r["report"] for r in rows])
+    assert "reference_input_ids" not in dropped and "keyphrase_input_ids" not in dropped
+    for key in ("input_ids", "attention_mask", "labels", "pixel_values", "view_mask"):
+        assert torch.equal(dropped[key], inference[key]), key
+
+
+def test_eval_views_name_the_losses(data):
+    from s2d_align.training.collator import eval_views
+
+    split = data.splits["train"]
+    assert list(eval_views(split, ("image",))) == ["image_only"]
+    views = eval_views(split, ("image", "reference"))
+    assert list(views) == ["full", "image_only"] and views["full"]["s2d_eval_context"][0] == "full"

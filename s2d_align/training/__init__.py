@@ -14,14 +14,15 @@ A stage's output folder:
       log_history.json, training_curve.png                                        the Trainer's log, loss vs step
       training_args.json, s2d_stage.json                                          the SFTConfig; stage summary
       adapter/          (stages with LoRA) the trained LoRA + adapters before merging (PEFT format)
-      checkpoints/      Trainer checkpoints (checkpoint-N/), what `resume` continues from
+    output_dir-checkpoints/   beside it: Trainer checkpoints (checkpoint-N/, the newest `save_total_limit`), what
+                              `resume` continues from; a stage-1 checkpoint holds only the trainable tensors
 
 It loads with `AutoModelForImageTextToText.from_pretrained(output_dir, trust_remote_code=True)` in a process that never
 imports this package. A curriculum writes `output_dir/<stage>/` per stage and `output_dir/curriculum.json`.
 
 Saving (see `export.py`): stages with LoRA save the adapter with `trainer.save_model()` (under ZeRO-3 it gathers the
-partitioned weights), then rank 0 loads the stage input whole, applies the adapter, `merge_and_unload()`s and
-`save_pretrained`s model and processor. Stage 1 (no LoRA) saves the whole model with `trainer.save_model()`.
+partitioned weights), then rank 0 loads the stage input whole, merges the adapter in float32 and `save_pretrained`s
+model and processor in the input's dtype. Stage 1 (no LoRA) saves the whole model with `trainer.save_model()`.
 
 Frozen-feature cache (see `features.py`): `<dataset_path>/feature_cache/<key>/<split>/shard-NNNNN.safetensors`, the key
 hashing the encoder configs, a SHA-256 of the encoder weights, the image processor, the text-encoder tokenizer and

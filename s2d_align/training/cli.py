@@ -1,8 +1,10 @@
-"""`s2d demo`: the main job on the embedded phantom default (see `s2d_align.training.demo`)."""
+"""`s2d demo` (the main job on the embedded phantom default, see `s2d_align.training.demo`) and `s2d cache`
+(list or delete a dataset's frozen-feature caches, see `s2d_align.training.features`)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 
 def register(subparsers) -> None:
@@ -12,6 +14,15 @@ def register(subparsers) -> None:
     parser.add_argument("--no-baseline", action="store_true", help="skip the image-blind baseline")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=_run)
+
+    cache = subparsers.add_parser("cache", help="list or delete the frozen-feature caches of a prepared dataset")
+    cache.add_argument("action", choices=("list", "clean"))
+    cache.add_argument("dataset", help="the dataset folder (s2d prepare --out); caches are in DATASET/feature_cache")
+    which = cache.add_mutually_exclusive_group()
+    which.add_argument("--key", action="append", help="clean: this cache only (repeatable)")
+    which.add_argument("--keep-model", help="clean: keep the cache of this model folder's encoders, delete the rest")
+    which.add_argument("--all", action="store_true", help="clean: delete every cache of the dataset")
+    cache.set_defaults(func=_cache)
 
 
 def _run(args) -> int:
@@ -23,4 +34,26 @@ def _run(args) -> int:
     summary = run_demo(args.out, config)
     print(open(f"{args.out}/eval.md").read())
     print(json.dumps({"seconds": summary["seconds"], "final": f"{args.out}/final"}, indent=1))
+    return 0
+
+
+def _cache(args) -> int:
+    from .features import list_caches, remove_caches
+
+    if args.action == "list":
+        caches = list_caches(args.dataset)
+        if not caches:
+            print(f"{args.dataset}: no feature caches")
+        for c in caches:
+            stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(c["modified"]))
+            print(f"{c['key']}  {c['bytes'] / 1e9:9.3f} GB  {c['shards']:6d} shards  {stamp}  dtype={c['dtype']}  "
+                  f"encoders={str(c['encoder_weights_sha256'])[:12]}")
+        print(f"total {sum(c['bytes'] for c in caches) / 1e9:.3f} GB")
+        return 0
+    if not (args.key or args.keep_model or args.all):
+        raise ValueError("s2d cache clean needs --key KEY, --keep-model MODEL_DIR or --all")
+    removed = remove_caches(args.dataset, keys=args.key, keep_model=args.keep_model)
+    for c in removed:
+        print(f"deleted {c['path']} ({c['bytes'] / 1e9:.3f} GB)")
+    print(f"deleted {len(removed)} cache(s), {sum(c['bytes'] for c in removed) / 1e9:.3f} GB")
     return 0

@@ -8,6 +8,17 @@ Stage-3 key phrases are a random non-empty subset of the sample's phrases, drawn
 `random.Random(f"{seed}:{epoch}:{sample_id}")`: the draw depends only on (seed, epoch, sample), never on a global RNG,
 so a resumed run (which skips batches without collating them) sees exactly the subsets of an uninterrupted one.
 `EpochCallback` tells the collator the epoch.
+
+Evaluation rows carry `EVAL_CONTEXT_COLUMN` ("full" or "image_only", added by `eval_views`): an "image_only" batch is
+laid out as at inference (image placeholders only, whatever the stage), so every stage can log the loss of the
+condition `s2d generate` runs in beside the full-context one.
+
+Modality dropout (NOT from the paper; ours, off by default): with probability `modality_dropout` a whole training
+batch drops its reference / key-phrase context and uses the image-only prompt. The draw is per batch, not per sample,
+because every rank must run the same submodules each step (ZeRO-3 gathers a module's weights collectively when it
+runs; DDP expects the same parameters to receive gradients on every rank): it is keyed by (seed, epoch, index of the
+batch in the epoch), which every rank knows without communicating, and after a resume the skipped batches are
+counted in (`EpochCallback`), so a resumed run draws exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import get_worker_info
 from transformers import TrainerCallback
 
 STAGE_MODALITIES = {
@@ -24,6 +36,16 @@ STAGE_MODALITIES = {
     2: ("image", "reference"),
     3: ("image", "reference", "keyphrases"),
 }
+EVAL_CONTEXT_COLUMN = "s2d_eval_context"
+IMAGE_ONLY = ("image",)
+
+
+def eval_views(dataset, modalities) -> dict:
+    """The eval datasets of a stage: {"full": the stage's context, "image_only": the inference condition}; a stage
+    whose context is the image alone (stage 1) gets only "image_only" (the two would be the same loss).
+    The Trainer logs them as `eval_full_loss` / `eval_image_only_loss`."""
+    names = ("image_only",) if tuple(modalities) == IMAGE_ONLY else ("full", "image_only")
+    return {name: dataset.add_column(EVAL_CONTEXT_COLUMN, [name] * len(dataset)) for name in names}
 
 
 def sample_key_phrases(phrases, seed: int, epoch: int, sample_id: str) -> list[str]:
@@ -47,6 +69,8 @@ class S2DAlignCollator:
         epoch: current epoch (set by `EpochCallback`).
         features: a `FeatureCache`; when given, batches carry `image_features` / `reference_features` instead of
             pixels / reference token ids (key phrases are sampled per step, so they are always encoded live).
+        modality_dropout: probability that a training batch drops to the image-only prompt (ours, not the
+            paper's; 0 = off). See the module docstring for why it is drawn per batch.
     """
 
     processor: object
@@ -54,28 +78,50 @@ class S2DAlignCollator:
     seed: int = 0
     epoch: int = 0
     features: object = None
+    modality_dropout: float = 0.0
+    batch_offset: int = 0  # batches of this epoch skipped by a resume (set by EpochCallback)
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
         if not self.modalities or self.modalities[0] != "image":
             raise ValueError(f"every stage reads the image first; got modalities {self.modalities}")
+        if not 0.0 <= self.modality_dropout <= 1.0:
+            raise ValueError(f"modality_dropout is a probability in [0, 1], got {self.modality_dropout}")
+        self._count, self._count_epoch = 0, self.epoch
+
+    def batch_modalities(self, rows) -> tuple:
+        """The context of this batch: eval rows say theirs; a training batch may drop to the image-only prompt."""
+        context = rows[0].get(EVAL_CONTEXT_COLUMN)
+        if context is not None:
+            return IMAGE_ONLY if context == "image_only" else self.modalities
+        if self.modality_dropout <= 0 or self.modalities == IMAGE_ONLY:
+            return self.modalities
+        if self._count_epoch != self.epoch:
+            self._count, self._count_epoch = 0, self.epoch
+        # DataLoader workers take batches round-robin: worker w collates batches w, w + n, w + 2n, ...
+        worker = get_worker_info()
+        index = self.batch_offset + (self._count * worker.num_workers + worker.id if worker else self._count)
+        self._count += 1
+        drop = random.Random(f"dropout:{self.seed}:{self.epoch}:{index}").random() < self.modality_dropout
+        return IMAGE_ONLY if drop else self.modalities
 
     def key_phrases(self, rows) -> list[list[str]]:
         return [sample_key_phrases(r.get("key_phrases"), self.seed, self.epoch, r["id"]) for r in rows]
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        modalities = self.batch_modalities(rows)
         reports = [r["report"] for r in rows]
-        references = ([r.get("reference") or "" for r in rows] if "reference" in self.modalities else None)
-        phrases = self.key_phrases(rows) if "keyphrases" in self.modalities else None
+        references = ([r.get("reference") or "" for r in rows] if "reference" in modalities else None)
+        phrases = self.key_phrases(rows) if "keyphrases" in modalities else None
         if self.features is None:
             batch = self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
                                    references=references, key_phrases=phrases)
             return dict(batch)
-        return self._from_cache(rows, reports, references, phrases)
+        return self._from_cache(rows, reports, references, phrases, modalities)
 
     # -- cached features ---------------------------------------------------------------------------------------------
-    def _from_cache(self, rows, reports, references, phrases) -> dict[str, torch.Tensor]:
-        batch = self._text(reports)
+    def _from_cache(self, rows, reports, references, phrases, modalities) -> dict[str, torch.Tensor]:
+        batch = self._text(reports, modalities)
         images = [self.features.image(r["id"]) for r in rows]
         batch["image_features"], batch["view_mask"] = _pad_stack(images)
         if references is not None:
@@ -88,10 +134,10 @@ class S2DAlignCollator:
             batch["keyphrase_attention_mask"] = encoded["keyphrase_attention_mask"]
         return batch
 
-    def _text(self, reports) -> dict[str, torch.Tensor]:
+    def _text(self, reports, modalities) -> dict[str, torch.Tensor]:
         """`input_ids` / `attention_mask` / `labels` laid out as the processor lays them out in training mode
-        (prompt with this stage's placeholders, report + EOS, right padding, -100 outside the report)."""
-        prompt = self.processor.prompt_ids(self.modalities)
+        (prompt with this batch's placeholders, report + EOS, right padding, -100 outside the report)."""
+        prompt = self.processor.prompt_ids(modalities)
         answers = [self.processor.report_ids(r, i) for i, r in enumerate(reports)]
         return self.processor.pad_sequences([prompt + a for a in answers],
                                             [[-100] * len(prompt) + a for a in answers])
@@ -122,5 +168,10 @@ class EpochCallback(TrainerCallback):
     def __init__(self, collator: S2DAlignCollator):
         self.collator = collator
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.epoch = math.floor(state.epoch or 0)
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        epoch = state.epoch or 0
+        self.collator.epoch = math.floor(epoch)
+        # a resume restarts mid-epoch: `state.epoch`'s fraction is the share of this epoch's batches already done
+        # (and skipped now without being collated); the modality-dropout draws count them in
+        done = epoch - math.floor(epoch)
+        self.collator.batch_offset = round(done * len(train_dataloader)) if done and train_dataloader else 0

@@ -4,6 +4,14 @@ With LoRA the trainer first saves the adapter (`trainer.save_model`, which under
 weights; a plain `model.save_pretrained` there writes empty LoRA tensors), then the main process rebuilds the merged
 model from the stage input + the adapter, outside `zero.Init`, and saves it with `save_pretrained` (the model class is
 registered for remote code, so the folder carries configuration_s2d.py / modeling_s2d.py / processing_s2d.py).
+The merge runs in float32, layer by layer (base weight and LoRA factors), and each merged weight is rounded to the
+folder's dtype once. Adding a small LoRA delta in bf16 rounds twice (the delta, then the sum) or, with bf16 factors,
+computes the delta itself in bf16. PEFT 0.21's default merge happens to round once here (it upcasts the factors to
+float32 on load and `bf16 += fp32` rounds once), but its `safe_merge=True` path casts the delta to bf16 first, and
+neither is a documented guarantee; doing the arithmetic ourselves makes it one.
+
+Trainer checkpoints go beside the stage's folder (`checkpoint_dir`), never inside it, so a trained folder holds only
+the model and its logs and can be published as is.
 """
 
 from __future__ import annotations
@@ -16,8 +24,14 @@ from modeling_s2d import S2DAlignForConditionalGeneration
 from .zero import outside_zero_init
 
 ADAPTER_DIR = "adapter"
-CHECKPOINT_DIR = "checkpoints"
 STAGE_FILE = "s2d_stage.json"
+
+
+def checkpoint_dir(output_dir) -> Path:
+    """Where a stage's Trainer checkpoints go: `<output_dir>-checkpoints`, beside its model folder (e.g.
+    `out/train/s1` -> `out/train/s1-checkpoints`)."""
+    out = Path(output_dir)
+    return out.with_name(f"{out.name}-checkpoints")
 
 
 def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summary: dict) -> Path:
@@ -51,10 +65,24 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
 
 
 def merge_adapter(model_path, adapter_dir, dtype) -> S2DAlignForConditionalGeneration:
+    """The stage input with the adapter merged in float32 and each merged weight rounded once to `dtype`.
+
+    Layer by layer (a LoRA layer's base weight goes to float32, merges, goes back), so the peak memory stays the
+    model in `dtype` plus one layer in float32, not a float32 copy of the 7B model."""
     from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
 
     base = S2DAlignForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    model = PeftModel.from_pretrained(base, str(adapter_dir))
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            stored = module.get_base_layer().weight.dtype
+            module.get_base_layer().float()
+            for factors in (module.lora_A, module.lora_B):  # float32 already when PEFT upcast them on load
+                factors.float()
+            module.merge()
+            module.get_base_layer().to(stored)
+    return model.unload()  # every LoRA layer is merged: unloading keeps the merged base layers
 
 
 def _drop_pickles(folder: Path) -> None:
@@ -79,7 +107,8 @@ def write_logs(log_history: list[dict], out: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+    eval_keys = sorted({k for e in log_history for k in e if k.startswith("eval_") and k.endswith("loss")})
+    for key, label in (("loss", "train"), *((k, k[len("eval_"):-len("_loss")] or "eval") for k in eval_keys)):
         points = [(e["step"], e[key]) for e in log_history if key in e and "step" in e]
         if points:
             ax.plot(*zip(*points), marker="." if len(points) < 50 else None, label=label)

@@ -19,6 +19,15 @@ so a changed dataset or image file recomputes that shard instead of silently reu
 
 Under `accelerate launch` every process computes the missing shards `i` with `i % num_processes == process_index`,
 then all processes wait at a barrier and read every shard.
+
+Before writing, the size of the missing shards is estimated (`estimate_cache_bytes`: images x patch tokens x width x
+dtype bytes, plus the reference tokens x text width x dtype bytes) and checked against the free disk
+(`shutil.disk_usage`); when it does not fit, training stops with one line giving both numbers and the flag for live
+encoding. What the cache costs and buys: Rad-DINO at 518 px stores 1,369 x 768 patch features per image, 2.1 MB in
+float16 (MIMIC-CXR's training split: ~570 GB); at 7B the frozen encoder is ~0.3 TFLOP per image against 2.6 to 4.3
+TFLOP for the LLM per sample, so the cache saves a few percent of the compute, and mostly JPEG decoding, which
+dataloader workers also hide. At demo size the encoder is a large share of a step and the cache is small.
+`list_caches` / `remove_caches` (`s2d cache list|clean DATASET`) show and delete caches.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -173,25 +183,104 @@ def _read_metadata(path: Path) -> dict | None:
         return None
 
 
+class _Batches(torch.utils.data.Dataset):
+    """The precompute's batches (processor outputs), so that DataLoader workers decode the images."""
+
+    def __init__(self, jobs: list[dict], processor, with_references: bool, batch_size: int):
+        self.items = [(j, rows[start: start + batch_size]) for j, rows in enumerate(job["rows"] for job in jobs)
+                      for start in range(0, len(rows), batch_size)]
+        self.processor, self.with_references = processor, with_references
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        job, chunk = self.items[index]
+        refs = [r.get("reference") or "" for r in chunk] if self.with_references else None
+        return job, [r["id"] for r in chunk], dict(self.processor(images=[list(r["image_paths"]) for r in chunk],
+                                                                   references=refs))
+
+
 @torch.no_grad()
-def _compute_shard(encoders: S2DAlignModel, processor, rows: list[dict], with_references: bool, dtype: torch.dtype,
-                   batch_size: int) -> dict[str, torch.Tensor]:
+def _encode_batch(encoders: S2DAlignModel, ids: list[str], batch: dict, with_references: bool,
+                  dtype: torch.dtype) -> dict[str, torch.Tensor]:
     device = encoders.vision_tower.device
     tensors = {}
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start: start + batch_size]
-        refs = [r.get("reference") or "" for r in chunk] if with_references else None
-        batch = processor(images=[list(r["image_paths"]) for r in chunk], references=refs)
-        view_mask = batch["view_mask"].to(device)
-        images = encoders.encode_images(batch["pixel_values"].to(device), view_mask)
-        for i, row in enumerate(chunk):
-            tensors[f"image/{row['id']}"] = images[i, : int(view_mask[i].sum())].to(dtype).cpu().contiguous()
-        if with_references:
-            mask = batch["reference_attention_mask"].to(device)
-            features = encoders.encode_text(batch["reference_input_ids"].to(device), mask)
-            for i, row in enumerate(chunk):
-                tensors[f"reference/{row['id']}"] = features[i, mask[i].bool()].to(dtype).cpu().contiguous()
+    view_mask = batch["view_mask"].to(device)
+    images = encoders.encode_images(batch["pixel_values"].to(device), view_mask)
+    for i, sample_id in enumerate(ids):
+        tensors[f"image/{sample_id}"] = images[i, : int(view_mask[i].sum())].to(dtype).cpu().contiguous()
+    if with_references:
+        mask = batch["reference_attention_mask"].to(device)
+        features = encoders.encode_text(batch["reference_input_ids"].to(device), mask)
+        for i, sample_id in enumerate(ids):
+            tensors[f"reference/{sample_id}"] = features[i, mask[i].bool()].to(dtype).cpu().contiguous()
     return tensors
+
+
+def _compute_shards(encoders, processor, jobs: list[dict], with_references: bool, dtype: torch.dtype,
+                    batch_size: int, num_workers: int, root: Path, process_index: int) -> None:
+    """Encode the rows of `jobs` and write each job's shard as soon as its last batch is done."""
+    loader = torch.utils.data.DataLoader(_Batches(jobs, processor, with_references, batch_size), batch_size=None,
+                                         num_workers=num_workers)
+    pending = [len(range(0, len(job["rows"]), batch_size)) for job in jobs]
+    tensors = [{} for _ in jobs]
+    for job, ids, batch in tqdm(loader, desc=f"feature cache (process {process_index})", unit="batch"):
+        tensors[job].update(_encode_batch(encoders, ids, batch, with_references, dtype))
+        pending[job] -= 1
+        if pending[job] == 0:
+            path = jobs[job]["path"]
+            tmp = path.with_name(path.name + f".tmp{process_index}")
+            save_file(tensors[job], tmp, metadata={"key": root.name, "fingerprint": jobs[job]["fingerprint"],
+                                                   "format": FORMAT_VERSION})
+            os.replace(tmp, path)  # atomic: a killed run never leaves a half-written shard under the real name
+            tensors[job] = None
+
+
+# -- size ----------------------------------------------------------------------------------------------------------
+def estimate_cache_bytes(num_images: int, patch_tokens: int, image_width: int, dtype: str = "float16",
+                         reference_tokens: int = 0, text_width: int = 0) -> int:
+    """Bytes of the cached features (tensor data; safetensors' headers add about 100 bytes per tensor):
+    images x patch tokens x width x dtype bytes + reference tokens x text width x dtype bytes."""
+    itemsize = DTYPES[dtype].itemsize
+    return num_images * patch_tokens * image_width * itemsize + reference_tokens * text_width * itemsize
+
+
+def _patch_tokens(encoders: S2DAlignModel, processor) -> int:
+    """Patch tokens per image, as the processor sizes images for this encoder (CLS dropped, as `encode_images`
+    does): (side / patch size)^2 for a ViT. Read off one blank image, so no config arithmetic can disagree."""
+    from PIL import Image
+
+    pixels = processor.image_processor([Image.new("RGB", (64, 64))], return_tensors="pt")["pixel_values"]
+    patch = encoders.config.vision_config.patch_size
+    return (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
+
+
+def _jobs_bytes(jobs: list[dict], encoders, processor, with_references: bool, dtype: str) -> int:
+    rows = [r for job in jobs for r in job["rows"]]
+    views = sum(min(len(r["image_paths"]), encoders.config.max_views) for r in rows)
+    tokens = 0
+    if with_references:
+        texts = [r.get("reference") or "" for r in rows]
+        for start in range(0, len(texts), 4096):  # the exact token counts, as the processor truncates them
+            encoded = processor.text_encoder_tokenizer(texts[start: start + 4096], truncation=True,
+                                                       max_length=processor.max_context_tokens)
+            tokens += sum(len(ids) for ids in encoded["input_ids"])
+    return estimate_cache_bytes(views, _patch_tokens(encoders, processor), encoders.config.vision_config.hidden_size,
+                                dtype, tokens, encoders.config.text_encoder_config.hidden_size)
+
+
+class CacheDoesNotFit(RuntimeError):
+    """The feature cache would not fit on the disk (`train_sft.py` prints it as one line)."""
+
+
+def check_disk(root: Path, needed: int) -> None:
+    """One line, both numbers and the way out, when `needed` bytes do not fit on `root`'s disk."""
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise CacheDoesNotFit(f"the feature cache needs about {needed / 1e9:.1f} GB in {root} but its disk has "
+                           f"{free / 1e9:.1f} GB free; free space, or train with --no_feature_cache (live encoding, "
+                           "feature_cache=False in Python)")
 
 
 class FeatureCache:
@@ -230,9 +319,12 @@ class FeatureCache:
 
 
 def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, dtype: str = "float16",
-                          shard_size: int = 256, batch_size: int = 8, cache_root=None) -> FeatureCache:
+                          shard_size: int = 256, batch_size: int = 8, num_workers: int = 0,
+                          cache_root=None) -> FeatureCache:
     """Compute the missing shards of every split in `splits` ({name: datasets.Dataset}) and return the cache.
-    Every process must call it (they share the work, then wait for each other)."""
+    Every process must call it (they share the work, then wait for each other). `batch_size` and `num_workers`
+    are the precompute's batch and image-decoding DataLoader workers. Stops (RuntimeError, one line) when the
+    missing shards would not fit on the disk."""
     if dtype not in DTYPES:
         raise ValueError(f"cache dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     state = PartialState()
@@ -245,18 +337,19 @@ def prepare_feature_cache(model_path, dataset_path, splits: dict, processor, *, 
     with_references = all("reference" in ds.column_names for ds in splits.values())
 
     plan = _plan_shards(root, splits, shard_size, with_references)
+    missing = [job for job in plan if not job["valid"]]
+    if missing:
+        # every process checks the whole missing size (they share one disk, or each its own copy of it) before any
+        # writes, so all of them stop together
+        check_disk(root, _jobs_bytes(missing, encoders, processor, with_references, dtype))
     # each shard has one fixed owner process (by its index, not by its place among the missing ones: processes may
     # see a shard's validity differently while its owner is writing it)
     todo = [job for i, job in enumerate(plan) if i % state.num_processes == state.process_index and not job["valid"]]
     if todo:
         encoders.vision_tower.to(state.device)
         encoders.text_encoder.to(state.device)
-        for job in tqdm(todo, desc=f"feature cache (process {state.process_index})", unit="shard"):
-            tensors = _compute_shard(encoders, processor, job["rows"], with_references, DTYPES[dtype], batch_size)
-            tmp = job["path"].with_name(job["path"].name + f".tmp{state.process_index}")
-            save_file(tensors, tmp, metadata={"key": root.name, "fingerprint": job["fingerprint"],
-                                              "format": FORMAT_VERSION})
-            os.replace(tmp, job["path"])  # atomic: a killed run never leaves a half-written shard under the real name
+        _compute_shards(encoders, processor, todo, with_references, DTYPES[dtype], batch_size, num_workers, root,
+                        state.process_index)
     del encoders
     state.wait_for_everyone()
 
@@ -292,3 +385,44 @@ def _plan_shards(root: Path, splits: dict, shard_size: int, with_references: boo
             plan.append({"path": path, "rows": chunk, "fingerprint": fingerprint,
                          "valid": _shard_is_valid(path, fingerprint)})
     return plan
+
+
+# -- listing and cleaning ------------------------------------------------------------------------------------------
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def list_caches(dataset_path) -> list[dict]:
+    """The feature caches of a dataset folder: key, size on disk, shard count, when last written, and what they were
+    computed from (encoder weights digest, dtype), newest first."""
+    root = Path(dataset_path) / "feature_cache"
+    if not root.is_dir():
+        return []
+    out = []
+    for folder in (p for p in root.iterdir() if p.is_dir()):
+        manifest_file = folder / "manifest.json"
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+        shards = list(folder.glob("*/shard-*.safetensors"))
+        out.append({"key": folder.name, "path": str(folder), "bytes": _folder_bytes(folder), "shards": len(shards),
+                    "modified": max((p.stat().st_mtime for p in shards), default=folder.stat().st_mtime),
+                    "encoder_weights_sha256": manifest.get("encoder_weights_sha256"), "dtype": manifest.get("dtype")})
+    return sorted(out, key=lambda c: c["modified"], reverse=True)
+
+
+def remove_caches(dataset_path, keys=None, keep_model=None) -> list[dict]:
+    """Delete feature caches of a dataset folder and return what was deleted: the caches named in `keys`; or, with
+    `keep_model` (a model folder), every cache computed from other encoder weights than that model's; or all."""
+    caches = list_caches(dataset_path)
+    if keys is not None:
+        unknown = set(keys) - {c["key"] for c in caches}
+        if unknown:
+            raise ValueError(f"{Path(dataset_path) / 'feature_cache'} has no cache {sorted(unknown)}")
+        doomed = [c for c in caches if c["key"] in set(keys)]
+    elif keep_model is not None:
+        _, digest = load_encoders(keep_model)
+        doomed = [c for c in caches if c["encoder_weights_sha256"] != digest]
+    else:
+        doomed = caches
+    for cache in doomed:
+        shutil.rmtree(cache["path"])
+    return doomed

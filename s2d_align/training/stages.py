@@ -13,6 +13,31 @@ learning rate because its adapters start from scratch, as in stage 1.
 
 All stages: AdamW, cosine schedule with 3% linear warmup (`warmup_steps=0.03`: transformers 5 reads a float below 1
 as a ratio; `warmup_ratio` is gone). Values the user passes always win over these defaults.
+
+Where each default comes from. "paper": S2D-Align (arXiv 2511.11066), section 4 and appendix C, as DESIGN.md
+section 2 reads it (appendix C's table lists every setting, but the numbers are lost in our text copy of the paper);
+"ours": a choice of this package where the paper is silent or its number is lost.
+
+| default                                   | value                    | source                                        |
+|-------------------------------------------|--------------------------|-----------------------------------------------|
+| epochs s1 / s2 / s3                       | 8 / 5 / 3                | paper                                         |
+| learning rate s1 / s2 / s3                | 3e-4 / 1e-4 / 5e-5       | paper                                         |
+| optimizer, schedule                       | AdamW, cosine + warmup   | paper                                         |
+| warmup length                             | 3% of the steps          | ours (the paper's warmup steps are lost)      |
+| weight decay, AdamW betas                 | the Trainer's (0, .9/.999)| ours (the paper's values are lost)           |
+| joint: epochs, learning rate              | 16, 3e-4                 | ours (see above)                              |
+| LoRA targets                              | all linear layers of the | paper                                         |
+|                                           | LLM's transformer blocks |                                               |
+| LoRA r / alpha / dropout (train_sft.py)   | 16 / 32 / 0.05           | ours (the paper's values are lost)            |
+| bf16                                      | on where the GPU has it  | ours (TRL's default, off on CPU)              |
+| logging_steps                             | 10                       | ours                                          |
+| save_total_limit                          | 2                        | ours (a checkpoint per `save_steps` without a |
+|                                           |                          | limit fills a disk on a real run)             |
+| activation checkpointing                  | on; stage 1 non-reentrant| ours (TRL's default is on)                    |
+| modality dropout                          | 0 (off)                  | ours, NOT from the paper                      |
+| batch size, gradient accumulation         | the Trainer's (8, 1)     | ours (the paper's batch size is lost): set    |
+|                                           |                          | them for your GPUs                            |
+| gradient clipping, seed                   | the Trainer's (1.0, 42)  | ours (the paper gives neither)                |
 """
 
 from __future__ import annotations
@@ -86,18 +111,25 @@ def default_bf16() -> bool:
 
 def sft_defaults(spec: StageSpec) -> dict:
     """`SFTConfig` values of a stage before the user's overrides."""
-    return {
-        "num_train_epochs": spec.num_train_epochs,
-        "learning_rate": spec.learning_rate,
-        "optim": "adamw_torch",
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 0.03,
-        "logging_steps": 10,
-        "bf16": default_bf16(),
-        "report_to": "none",
-        # every trainable parameter is used at every step (a stage is all-or-nothing for its inputs)
+    defaults = {
+        "num_train_epochs": spec.num_train_epochs,  # paper
+        "learning_rate": spec.learning_rate,  # paper
+        "optim": "adamw_torch",  # paper (AdamW)
+        "lr_scheduler_type": "cosine",  # paper
+        "warmup_steps": 0.03,  # ours: 3% linear warmup
+        "logging_steps": 10,  # ours
+        "bf16": default_bf16(),  # ours: TRL's default where the hardware has bf16
+        "report_to": "none",  # ours: no tracker unless asked
+        "save_total_limit": 2,  # ours: the newest two checkpoints (a resume needs one; one spare if a save dies)
+        # ours: every trainable parameter is used at every step (a stage is all-or-nothing for its inputs)
         "ddp_find_unused_parameters": False,
     }
+    if not spec.lora:
+        # ours: non-reentrant activation checkpointing for stage 1 (no PEFT, so TRL's reentrant workaround for
+        # PEFT + ZeRO-3 does not apply); under ZeRO-3 it needs DeepSpeed's fix for frozen parameters recomputed in a
+        # checkpointed block (deepspeedai/DeepSpeed#8148, see setup.cfg). PEFT stages keep TRL's choice.
+        defaults["activation_checkpointing_kwargs"] = {"use_reentrant": False}
+    return defaults
 
 
 # Not overridable: the rows carry their own columns (images, reference, key phrases) into our collator.
