@@ -14,7 +14,7 @@ from s2d_align.training.demo import DemoConfig, make_image_blind, run_demo
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    config = DemoConfig(num_patients=24, vision_epochs=1, llm_epochs=0.05, vocab_size=400,
+    config = DemoConfig(num_patients=24, vision_epochs=1, llm_epochs=0.05, llm_extra_reports=100, vocab_size=400,
                         stage_epochs={"s1": 1.0, "s2": 1.0, "s3": 1.0}, max_new_tokens=12, baseline=False)
     return out, run_demo(str(out), config)
 
@@ -59,3 +59,18 @@ def test_image_blind_copy_replaces_every_image_by_one_constant(tmp_path, demo):
         assert len(paths) == 1
     image = np.asarray(Image.open(paths.pop()))
     assert image.min() == image.max()
+
+
+def test_demo_eval_says_where_the_findings_are(demo):
+    """eval.json scores every present finding's attributes and runs the mirror test on every sided finding."""
+    out, _ = demo
+    saved = json.loads((out / "eval.json").read_text())
+    states = [json.loads(f) for f in load_from_disk(str(out / "data"))["test"]["findings"]]
+    expected = {"pneumothorax side": sum(bool(s["pneumothorax"]) for s in states),
+                "effusion side": sum(bool(s["effusion"]) for s in states),
+                "device kind": sum(bool(s["device"]) for s in states)}
+    for row, count in expected.items():
+        assert saved["attributes"]["model"][row]["total"] == count, row
+    sided = sum(bool(s[name]) for s in states for name in ("pneumothorax", "effusion", "opacity"))
+    assert saved["mirror"]["total"] == sided
+    assert "Mirror test" in (out / "eval.md").read_text() or sided == 0

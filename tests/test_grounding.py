@@ -1,34 +1,54 @@
-"""Grounding in the demo's stand-ins: the dense vision target marks the patches a finding covers."""
-
-import json
+"""Grounding: the optional 2-D position code before the image adapter (config `image_position_embedding`)."""
 
 import torch
 
-from s2d_align.training.standins import REGIONS, patch_targets
 
-
-def test_patch_targets_mark_the_cells_a_box_covers():
-    # 128 px image, 8x8 grid of 16 px cells; an opacity box over cells (row 1..2, column 5), a device box that
-    # covers only 10% of a cell, a finding without a region
-    locations = json.dumps([{"finding": "opacity", "side": "left", "bbox": [80, 16, 96, 48]},
-                            {"finding": "device", "side": "", "bbox": [0, 0, 16, 1.6]},
-                            {"finding": "ctr", "side": "", "bbox": [0, 0, 128, 128]}])
-    targets = patch_targets(locations, grid=8, image_side=128).reshape(8, 8, len(REGIONS))
-    opacity = targets[..., REGIONS.index("opacity")]
-    assert opacity.sum() == 2 and opacity[1, 5] == 1 and opacity[2, 5] == 1  # rows are y, columns are x
-    assert targets[..., REGIONS.index("device")].sum() == 0
-    assert targets.sum() == 2
-
-
-def test_patch_targets_follow_the_phantom_boxes():
-    """On a rendered study, the effusion's cells lie on the image side opposite the patient's side named."""
+def test_sincos_code_matches_an_independent_numpy_computation():
     import numpy as np
 
-    from s2d_align.data.phantom.render import Anatomy, render_study
+    from modeling_s2d import sincos_2d_position_embedding
 
-    state = {"cardiomegaly": None, "effusion": {"side": "right", "size": "large"}, "opacity": None,
-             "pneumothorax": None, "edema": None, "device": None}
-    _, locations = render_study(state, Anatomy.draw(np.random.default_rng(0)), np.random.default_rng(1), 128)
-    cells = patch_targets(json.dumps(locations), 8, 128).reshape(8, 8, len(REGIONS))[..., REGIONS.index("effusion")]
-    rows, cols = torch.nonzero(cells, as_tuple=True)
-    assert len(cols) > 0 and cols.float().mean() < 4 and rows.float().mean() > 4  # patient right = image left, low
+    rows, cols, width = 3, 5, 16
+    code = sincos_2d_position_embedding(rows, cols, width).numpy()
+    quarter = width // 4
+    for index in range(rows * cols):
+        r, c = divmod(index, cols)  # row-major, as a ViT orders its patches
+        for k in range(quarter):
+            omega = 10000.0 ** (-k / quarter)
+            assert np.allclose(code[index, [k, quarter + k]], [np.sin(r * omega), np.cos(r * omega)], atol=1e-6)
+            assert np.allclose(code[index, [2 * quarter + k, 3 * quarter + k]], [np.sin(c * omega), np.cos(c * omega)],
+                               atol=1e-6)
+
+
+def test_patch_position_code_reaches_the_image_adapter_and_adds_no_parameter():
+    from s2d_align.tiny import build_tiny
+
+    plain, processor = build_tiny(image_size=32, patch_size=8, vision_width=32, llm_width=64, llm_layers=1,
+                                  num_memory_queries=4)
+    coded, _ = build_tiny(image_size=32, patch_size=8, vision_width=32, llm_width=64, llm_layers=1,
+                          num_memory_queries=4, image_position_embedding="sincos2d")
+    assert coded.config.image_position_embedding == "sincos2d"
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in coded.parameters())
+    coded.load_state_dict(plain.state_dict())  # same weights: only the code differs
+    features = torch.randn(2, 1, 16, 32)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    with torch.no_grad():
+        a = plain.model.get_context_embeddings(image_features=features, view_mask=mask)["image"]
+        b = coded.model.get_context_embeddings(image_features=features, view_mask=mask)["image"]
+        # the same features shifted by the code through the plain model give the coded model's output
+        shifted = features + coded.model.patch_position_code(16)
+        c = plain.model.get_context_embeddings(image_features=shifted, view_mask=mask)["image"]
+    assert not torch.allclose(a, b, atol=1e-4)
+    assert torch.allclose(b, c, atol=1e-5)
+
+
+def test_a_patch_grid_that_does_not_match_the_config_is_refused():
+    import pytest
+
+    from s2d_align.tiny import build_tiny
+
+    model, _ = build_tiny(image_size=32, patch_size=8, vision_width=32, llm_width=64, llm_layers=1,
+                          num_memory_queries=4, image_position_embedding="sincos2d")
+    with pytest.raises(ValueError, match="4x4 patch grid"):
+        model.model.get_context_embeddings(image_features=torch.randn(1, 1, 9, 32),
+                                           view_mask=torch.ones(1, 1, dtype=torch.bool))

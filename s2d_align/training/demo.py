@@ -45,6 +45,11 @@ class DemoConfig:
     # size and device it is told (issue 14: with half the examples and no extra text it wrote a default side).
     llm_extra_reports: int = 6000
     llm_context_every: int = 1
+    # Two documented choices that are ours, not the paper's (both measured in issue 14): a 2-D sine-cosine code of
+    # each patch's place before the image adapter, and, in stages 2 and 3, half of the batches trained on the image
+    # alone (the inference condition) instead of image + reference (+ key phrases).
+    image_position_embedding: str = "sincos2d"
+    modality_dropout: float = 0.5
     # stage epochs and learning rates: the paper's decreasing schedule, shortened for a CPU
     stage_epochs: dict = field(default_factory=lambda: {"s1": 4.0, "s2": 2.0, "s3": 1.0})
     stage_lr: dict = field(default_factory=lambda: {"s1": 3e-3, "s2": 1e-3, "s3": 5e-4})
@@ -124,7 +129,7 @@ def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
         texts, vocab_size=config.vocab_size, seed=config.seed, image_size=config.image_size,
         patch_size=config.patch_size, vision_width=config.vision_width, vision_layers=config.vision_layers,
         llm_width=config.llm_width, llm_layers=config.llm_layers, num_memory_queries=config.num_memory_queries,
-        text_encoder="minilm", max_views=1)
+        text_encoder="minilm", max_views=1, image_position_embedding=config.image_position_embedding)
     work = base_dir.parent / "work"
     logs = {"vision stand-in": pretrain_vision(model, processor, train, str(work / "vision"),
                                                epochs=config.vision_epochs, seed=config.seed),
@@ -153,8 +158,8 @@ def train_curriculum(base: Path, data_dir: Path, out: Path, config: DemoConfig) 
                             num_train_epochs=config.stage_epochs[stage], learning_rate=config.stage_lr[stage],
                             per_device_train_batch_size=config.batch_size, seed=config.seed, use_cpu=True,
                             bf16=False, gradient_checkpointing=False, activation_checkpointing=False,
-                            save_strategy="no", logging_steps=10,
-                            disable_tqdm=False)
+                            save_strategy="no", logging_steps=10, disable_tqdm=False,
+                            modality_dropout=config.modality_dropout if stage != "s1" else 0.0)
     return current
 
 

@@ -18,7 +18,6 @@ from collections import Counter
 
 import torch
 from datasets import Dataset
-from PIL import Image
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
@@ -65,61 +64,26 @@ def _lm_batch(processor, rows: list[dict]) -> dict:
 
 
 class _VisionProbe(nn.Module):
-    """Dinov2 + a linear head on mean- and max-pooled patch tokens (the head is discarded after pretraining), and
-    with `num_regions` a second linear head on every patch token that says which findings cover that patch."""
+    """Dinov2 + a linear head on mean- and max-pooled patch tokens (the head is discarded after pretraining)."""
 
-    def __init__(self, vision_tower: nn.Module, num_targets: int, num_regions: int = 0):
+    def __init__(self, vision_tower: nn.Module, num_targets: int):
         super().__init__()
         self.vision_tower = vision_tower
         self.head = nn.Linear(2 * vision_tower.config.hidden_size, num_targets)
-        self.patch_head = nn.Linear(vision_tower.config.hidden_size, num_regions) if num_regions else None
 
-    def forward(self, pixel_values, targets, patch_targets=None):
+    def forward(self, pixel_values, targets):
         patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
         # mean and max over the patches: large findings (heart size) move the mean, small ones (a focal opacity,
-        # an apical pneumothorax) live in a few patches that a mean alone would dilute
+        # an apical pneumothorax) live in a few patches that a mean alone would dilute. Pooling does not erase
+        # where: the patch tokens keep their side (a linear probe reads it from them at 1.00 on the phantom test
+        # split, `python -m bench.grounding_probe`)
         logits = self.head(torch.cat([patches.mean(1), patches.amax(1)], dim=-1))
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, targets)
-        if self.patch_head is not None and patch_targets is not None:
-            # pooling forgets where: a pooled objective lets patch tokens become position-free, while Rad-DINO's
-            # (DINOv2/iBOT) patch tokens describe their own patch; this dense term keeps them local
-            loss = loss + nn.functional.binary_cross_entropy_with_logits(self.patch_head(patches), patch_targets)
-        return {"loss": loss, "logits": logits}
-
-
-REGIONS = ("effusion", "opacity", "pneumothorax", "edema", "heart", "device")
-
-
-def patch_targets(locations: str, grid: int, image_side: int, min_overlap: float = 0.25) -> torch.Tensor:
-    """(grid * grid, len(REGIONS)) float targets: 1 where a finding's box covers >= `min_overlap` of a patch.
-
-    `locations` is the phantom's JSON list of {"finding", "bbox": [x0, y0, x1, y1]} in pixels of the rendered
-    (square) image of side `image_side`; the encoder sees that image resized, so the grid maps by scale alone.
-    """
-    import json
-
-    cell = image_side / grid
-    edges = torch.arange(grid + 1, dtype=torch.float32) * cell
-    out = torch.zeros(grid, grid, len(REGIONS))
-    for loc in json.loads(locations):
-        if loc["finding"] not in REGIONS:
-            continue
-        x0, y0, x1, y1 = loc["bbox"]
-        cover_x = (torch.minimum(edges[1:], torch.tensor(float(x1))) -
-                   torch.maximum(edges[:-1], torch.tensor(float(x0)))).clamp(min=0) / cell
-        cover_y = (torch.minimum(edges[1:], torch.tensor(float(y1))) -
-                   torch.maximum(edges[:-1], torch.tensor(float(y0)))).clamp(min=0) / cell
-        covered = (cover_y[:, None] * cover_x[None, :]) >= min_overlap  # rows = y, columns = x, as patches are
-        out[..., REGIONS.index(loc["finding"])] = torch.maximum(out[..., REGIONS.index(loc["finding"])],
-                                                                covered.float())
-    return out.reshape(grid * grid, len(REGIONS))
+        return {"loss": nn.functional.binary_cross_entropy_with_logits(logits, targets), "logits": logits}
 
 
 def pretrain_vision(model, processor, train_rows: Dataset, output_dir: str, *, epochs: float = 6,
-                    lr: float = 1e-3, batch_size: int = 32, min_count: int = 5, seed: int = 0,
-                    dense: bool = False) -> list[dict]:
-    """Teach the image encoder the phantom's findings (frontal view) through their key phrases; with `dense`, also
-    which findings cover each patch (from the phantom's `locations` boxes), so patch tokens stay local."""
+                    lr: float = 1e-3, batch_size: int = 32, min_count: int = 5, seed: int = 0) -> list[dict]:
+    """Teach the image encoder the phantom's findings (frontal view) through their key phrases."""
     counts = Counter(p for phrases in train_rows["key_phrases"] for p in phrases)
     vocabulary = sorted(p for p, n in counts.items() if n >= min_count)
     index = {p: i for i, p in enumerate(vocabulary)}
@@ -130,19 +94,11 @@ def pretrain_vision(model, processor, train_rows: Dataset, output_dir: str, *, e
         for phrase in phrases:
             if phrase in index:
                 targets[row, index[phrase]] = 1.0
-    columns = {"pixel_values": pixels.numpy(), "targets": targets.numpy()}
+    dataset = Dataset.from_dict({"pixel_values": pixels.numpy(), "targets": targets.numpy()}).with_format("torch")
     vision = model.model.vision_tower
-    if dense:
-        grid = vision.config.image_size // vision.config.patch_size
-        sides = [Image.open(paths[0]).size for paths in train_rows["image_paths"]]
-        if any(w != h for w, h in sides):
-            raise ValueError("dense vision pretraining needs square phantom images")
-        columns["patch_targets"] = torch.stack([patch_targets(loc, grid, side[0]) for loc, side in
-                                                zip(train_rows["locations"], sides)]).numpy()
-    dataset = Dataset.from_dict(columns).with_format("torch")
     vision.requires_grad_(True)
     vision.train()
-    probe = _VisionProbe(vision, len(vocabulary), len(REGIONS) if dense else 0)
+    probe = _VisionProbe(vision, len(vocabulary))
     trainer = Trainer(model=probe, args=_args(output_dir, epochs, lr, batch_size, seed), train_dataset=dataset)
     trainer.train()
     vision.requires_grad_(False)
