@@ -8,6 +8,10 @@ Stage-3 key phrases are a random non-empty subset of the sample's phrases, drawn
 `random.Random(f"{seed}:{epoch}:{sample_id}")`: the draw depends only on (seed, epoch, sample), never on a global RNG,
 so a resumed run (which skips batches without collating them) sees exactly the subsets of an uninterrupted one.
 `EpochCallback` tells the collator the epoch.
+
+Views: a study with more images than the model's `max_views` is cut by the one view rule (`processing_s2d.select_views`,
+frontal first, then lateral), from the rows' `view_positions`, inside the processor. Targets: a report longer than
+`max_report_tokens` is cut without EOS (`S2DAlignProcessor.report_ids`); `truncated_reports` counts them.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ class S2DAlignCollator:
         epoch: current epoch (set by `EpochCallback`).
         features: a `FeatureCache`; when given, batches carry `image_features` / `reference_features` instead of
             pixels / reference token ids (key phrases are sampled per step, so they are always encoded live).
+
+    `truncated_reports` / `collated_reports`: running counts of the targets this collator cut at
+    `max_report_tokens` (no EOS) and of all targets it built (in the process that runs it: the main process with
+    `dataloader_num_workers=0`; for a whole split at once use `processor.report_truncation(reports)`).
     """
 
     processor: object
@@ -54,6 +62,8 @@ class S2DAlignCollator:
     seed: int = 0
     epoch: int = 0
     features: object = None
+    truncated_reports: int = 0
+    collated_reports: int = 0
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -68,10 +78,21 @@ class S2DAlignCollator:
         references = ([r.get("reference") or "" for r in rows] if "reference" in self.modalities else None)
         phrases = self.key_phrases(rows) if "keyphrases" in self.modalities else None
         if self.features is None:
-            batch = self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
-                                   references=references, key_phrases=phrases)
-            return dict(batch)
-        return self._from_cache(rows, reports, references, phrases)
+            batch = dict(self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
+                                        references=references, key_phrases=phrases,
+                                        view_positions=[r.get("view_positions") for r in rows]))
+        else:
+            batch = self._from_cache(rows, reports, references, phrases)
+        self._count_truncated(batch["labels"])
+        return batch
+
+    def _count_truncated(self, labels: torch.Tensor) -> None:
+        """A target ends with EOS unless it was cut at `max_report_tokens`."""
+        eos = self.processor.tokenizer.eos_token_id
+        for row in labels:
+            target = row[row != -100]
+            self.truncated_reports += int(len(target) > 0 and int(target[-1]) != eos)
+        self.collated_reports += len(labels)
 
     # -- cached features ---------------------------------------------------------------------------------------------
     def _from_cache(self, rows, reports, references, phrases) -> dict[str, torch.Tensor]:

@@ -38,6 +38,7 @@ from transformers import MODEL_MAPPING
 
 from configuration_s2d import S2DAlignConfig
 from modeling_s2d import S2DAlignModel
+from processing_s2d import VIEW_RULE
 
 from .zero import outside_zero_init
 
@@ -143,6 +144,7 @@ def cache_manifest(config: S2DAlignConfig, encoder_digest: str, processor, dtype
         "image_processor": processor.image_processor.to_dict(),
         "text_encoder_tokenizer_sha256": _tokenizer_identity(processor.text_encoder_tokenizer),
         "max_context_tokens": processor.max_context_tokens,
+        "max_views": processor.max_views, "view_rule": VIEW_RULE,  # which views of a study are encoded
         "dtype": dtype,
     }
 
@@ -162,7 +164,8 @@ def _file_stamp(path: str) -> list:
 
 def shard_fingerprint(rows: list[dict], with_references: bool) -> str:
     return _sha([[r["id"], r["image_paths"], [_file_stamp(p) for p in r["image_paths"]],
-                  (r.get("reference") or "") if with_references else None] for r in rows])
+                  (r.get("reference") or "") if with_references else None, r.get("view_positions") or []]
+                 for r in rows])
 
 
 def _read_metadata(path: Path) -> dict | None:
@@ -181,7 +184,8 @@ def _compute_shard(encoders: S2DAlignModel, processor, rows: list[dict], with_re
     for start in range(0, len(rows), batch_size):
         chunk = rows[start: start + batch_size]
         refs = [r.get("reference") or "" for r in chunk] if with_references else None
-        batch = processor(images=[list(r["image_paths"]) for r in chunk], references=refs)
+        batch = processor(images=[list(r["image_paths"]) for r in chunk], references=refs,
+                          view_positions=[r.get("view_positions") for r in chunk])
         view_mask = batch["view_mask"].to(device)
         images = encoders.encode_images(batch["pixel_values"].to(device), view_mask)
         for i, row in enumerate(chunk):
@@ -277,7 +281,9 @@ def _plan_shards(root: Path, splits: dict, shard_size: int, with_references: boo
     seen, plan = {}, []
     columns = ["id", "image_paths"] + (["reference"] if with_references else [])
     for split, dataset in splits.items():
-        rows = dataset.select_columns(columns).to_list()
+        # the view positions decide which views of a study the view rule keeps
+        names = columns + (["view_positions"] if "view_positions" in dataset.column_names else [])
+        rows = dataset.select_columns(names).to_list()
         for row in rows:  # the collator looks features up by id, so an id must name one sample
             if seen.setdefault(row["id"], split) != split:
                 raise ValueError(f"sample id {row['id']!r} appears in splits {seen[row['id']]!r} and {split!r}; "
