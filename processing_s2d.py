@@ -127,8 +127,9 @@ class S2DAlignProcessor(ProcessorMixin):
         max_context_tokens: reference / key-phrase texts are truncated to this many text-encoder tokens.
 
     Call with `images` (one entry per study: an image or a list of views; paths, PIL images or arrays), optional
-    `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text` (the reports: training mode, with labels and right padding; without it, generation
-    mode with left padding), optional `references` (one string per study) and `key_phrases` (one list of strings
+    `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text`
+    (the reports: training mode, with labels and right padding; without it, generation mode with left padding),
+    optional `references` (one string per study) and `key_phrases` (one list of strings
     per study). Returns a `BatchFeature` with `input_ids`, `attention_mask`, (`labels`), `pixel_values`
     (B, V, 3, H, W), `view_mask` (B, V) and, when given, `reference_input_ids` / `reference_attention_mask` and
     `keyphrase_input_ids` / `keyphrase_attention_mask`.

@@ -69,12 +69,14 @@ def test_generate_cli_writes_one_row_per_study(saved, tiny, radiographs, tmp_pat
     from s2d_align.generation import generate_reports
 
     out = tmp_path / "preds.jsonl"
+    three = [radiographs[1], radiographs[0], radiographs[1]]  # more views than max_views=2: cut, never refused
     assert main(["generate", "--model", str(saved), "--images", radiographs[0], ",".join(radiographs),
-                 "--out", str(out), "--max-new-tokens", "8"]) == 0
+                 ",".join(three), "--out", str(out), "--max-new-tokens", "8"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["images"] for r in rows] == [radiographs[:1], radiographs]
+    assert [r["images"] for r in rows] == [radiographs[:1], radiographs, three]
     model, processor = tiny
-    direct = generate_reports(model, processor, [radiographs[:1], radiographs], max_new_tokens=8, progress=False)
+    direct = generate_reports(model, processor, [radiographs[:1], radiographs, three[:2]], max_new_tokens=8,
+                              progress=False)  # no view positions: the first two as given
     assert [r["report"] for r in rows] == direct
 
 
