@@ -447,6 +447,15 @@ class S2DAlignForConditionalGeneration(S2DAlignPreTrainedModel, GenerationMixin)
             loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states,
             attentions=outputs.attentions, context_embeddings=outputs.context_embeddings)
 
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate` that never emits the placeholder tokens (`<image>`, `<reference>`,
+        `<keyphrases>`): they stand for adapter outputs in the prompt and mean nothing as text. They are added to the
+        `suppress_tokens` of the call (or of its / the model's generation config), whatever those already hold."""
+        config = kwargs.get("generation_config") or self.generation_config
+        suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None)) or []
+        kwargs["suppress_tokens"] = sorted(set(suppress) | set(self.config.placeholder_token_ids.values()))
+        return super().generate(*args, **kwargs)
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
         inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):

@@ -12,11 +12,48 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 DEFAULT_PROMPT = "USER: {context}\nWrite the findings section of the radiology report for this chest X-ray."
 DEFAULT_ANSWER_MARKER = " ASSISTANT:"
 MIN_IMAGE_SIDE = 16  # smaller images carry no readable anatomy; refusing them beats silently upscaling noise
 MAX_IMAGE_SIDE = 4096  # larger ones are downsampled first (every encoder resizes to <= 518 px anyway)
+
+# -- which views of a study the model sees ------------------------------------------------------------------------
+# One rule, used everywhere a study's images become model input: `s2d prepare` (MIMIC-CXR raw and annotation modes,
+# IU X-Ray), the training collator, the feature cache and generation all call `select_views`.
+# DICOM ViewPosition values of MIMIC-CXR; frontal ones first, PA (the standard erect view) before AP (portable).
+FRONTAL_VIEWS = ("PA", "AP", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD")
+LATERAL_VIEWS = ("LATERAL", "LL", "RL")
+VIEW_RULE = ("frontal first (PA, then AP, then the other frontal positions), then lateral (LATERAL, then LL, RL), "
+             "then any other or unknown position (oblique, swimmers, ...); the study's own order breaks ties; the "
+             "first max_views are kept")
+
+
+def view_rank(position) -> int:
+    """Sort key of a DICOM view position under `VIEW_RULE` (unknown / empty positions sort last)."""
+    position = (position or "").strip().upper()
+    if position in FRONTAL_VIEWS:
+        return FRONTAL_VIEWS.index(position)
+    if position in LATERAL_VIEWS:
+        return len(FRONTAL_VIEWS) + LATERAL_VIEWS.index(position)
+    return len(FRONTAL_VIEWS) + len(LATERAL_VIEWS)
+
+
+def select_views(views, positions=None, max_views=None) -> list:
+    """Indices into `views` of the views the model sees, in the order it sees them (view 0 first), by `VIEW_RULE`.
+
+    `positions` are the views' DICOM ViewPosition values (None or "" when unknown: the given order is kept, so put
+    the frontal view first). At most `max_views` indices (None: all of them).
+    """
+    positions = list(positions) if positions is not None else []
+    if positions and len(positions) != len(views):
+        raise ValueError(f"got {len(positions)} view positions for {len(views)} images")
+    positions = positions or [""] * len(views)
+    order = sorted(range(len(views)), key=lambda i: (view_rank(positions[i]), i))
+    return order if max_views is None else order[:max_views]
 
 
 def load_radiograph(image, name: str | None = None) -> Image.Image:
@@ -80,15 +117,19 @@ class S2DAlignProcessor(ProcessorMixin):
         tokenizer: the LLM tokenizer; must hold the three placeholder tokens as special tokens.
         text_encoder_tokenizer: the text encoder's tokenizer (for reference reports and key phrases).
         num_memory_queries: `N_mem`; placeholders written per modality (must equal the model's).
-        max_views: the largest number of views per study.
+        max_views: the largest number of views per study; a study with more is cut to `max_views` by `VIEW_RULE`
+            (frontal first, then lateral), the same rule as in data preparation, training and generation.
         prompt: the instruction; `{context}` is where the placeholders go.
         answer_marker: text that ends the prompt; generation starts right after it.
-        max_report_tokens: reports longer than this (in LLM tokens) are truncated for training.
+        max_report_tokens: reports longer than this (in LLM tokens) are truncated for training, and a truncated
+            target gets no EOS (the model must not learn to stop mid-sentence); `report_truncation` counts them.
+            The longest training target is `max_report_tokens + 1` tokens (with EOS): the generation default.
         max_context_tokens: reference / key-phrase texts are truncated to this many text-encoder tokens.
 
-    Call with `images` (one entry per study: an image or a list of 1..max_views views; paths, PIL images or
-    arrays), optional `text` (the reports: training mode, with labels and right padding; without it, generation
-    mode with left padding), optional `references` (one string per study) and `key_phrases` (one list of strings
+    Call with `images` (one entry per study: an image or a list of views; paths, PIL images or arrays), optional
+    `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text`
+    (the reports: training mode, with labels and right padding; without it, generation mode with left padding),
+    optional `references` (one string per study) and `key_phrases` (one list of strings
     per study). Returns a `BatchFeature` with `input_ids`, `attention_mask`, (`labels`), `pixel_values`
     (B, V, 3, H, W), `view_mask` (B, V) and, when given, `reference_input_ids` / `reference_attention_mask` and
     `keyphrase_input_ids` / `keyphrase_attention_mask`.
@@ -144,19 +185,39 @@ class S2DAlignProcessor(ProcessorMixin):
         return ids + marker
 
     def report_ids(self, report: str, index: int) -> list:
+        """The training target of one report: its tokens, then EOS; a report longer than `max_report_tokens` is cut
+        there and gets no EOS (an EOS after a cut would teach the model to stop mid-sentence)."""
         if not isinstance(report, str) or not report.strip():
             raise ValueError(f"sample {index} has no report text (got {report!r}); training needs the findings "
                              "section; pass text=None to build generation inputs")
-        ids = self.tokenizer(report.strip(), add_special_tokens=False)["input_ids"][: self.max_report_tokens]
+        ids = self.tokenizer(report.strip(), add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_report_tokens:
+            return ids[: self.max_report_tokens]
         return ids + [self.tokenizer.eos_token_id]
 
-    def _images(self, images) -> dict:
+    def report_truncation(self, reports) -> dict:
+        """How many of `reports` are longer than `max_report_tokens` LLM tokens (cut, no EOS, in training):
+        `{"reports", "truncated", "longest_tokens", "max_report_tokens"}`."""
+        texts = [r.strip() for r in _as_list(reports) if isinstance(r, str) and r.strip()]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+        return {"reports": len(texts), "truncated": sum(n > self.max_report_tokens for n in lengths),
+                "longest_tokens": max(lengths, default=0), "max_report_tokens": self.max_report_tokens}
+
+    def _images(self, images, view_positions=None) -> dict:
         studies = [images] if not isinstance(images, (list, tuple)) else list(images)
         studies = [list(s) if isinstance(s, (list, tuple)) else [s] for s in studies]
+        if view_positions is not None and len(view_positions) != len(studies):
+            raise ValueError(f"got {len(view_positions)} view-position lists for {len(studies)} studies")
         for index, views in enumerate(studies):
-            if not 1 <= len(views) <= self.max_views:
-                raise ValueError(f"study {index} has {len(views)} images; this model takes 1 to "
-                                 f"max_views={self.max_views} views per study")
+            if not views:
+                raise ValueError(f"study {index} has no images")
+            positions = view_positions[index] if view_positions is not None else None
+            keep = select_views(views, positions, self.max_views)
+            if len(keep) < len(views):
+                # never an error: a MIMIC-CXR study may hold 4 images for a 2-view model
+                logger.warning_once(f"studies with more than max_views={self.max_views} images are cut to "
+                                    f"{self.max_views} views: {VIEW_RULE}")
+            studies[index] = [views[i] for i in keep]
         flat = [load_radiograph(v) for views in studies for v in views]
         pixels = self.image_processor(flat, return_tensors="pt")["pixel_values"]
         most = max(len(v) for v in studies)
@@ -181,14 +242,14 @@ class S2DAlignProcessor(ProcessorMixin):
 
     # -- main entry point -----------------------------------------------------------------------------------------
     def __call__(self, images=None, text=None, references=None, key_phrases=None, return_tensors="pt",
-                 **kwargs) -> BatchFeature:
+                 view_positions=None, **kwargs) -> BatchFeature:
         if return_tensors not in ("pt", None):
             raise ValueError("S2DAlignProcessor returns PyTorch tensors only (return_tensors='pt')")
         if images is None and text is None:
             raise ValueError("give images (and, for training, the report text)")
         data, modalities = {}, []
         if images is not None:
-            data.update(self._images(images))
+            data.update(self._images(images, view_positions))
             modalities.append("image")
         batch = len(data["view_mask"]) if images is not None else len(_as_list(text))
         if references is not None:
@@ -259,4 +320,4 @@ def _after_last(row: list, marker: list) -> int:
     return 0
 
 
-__all__ = ["S2DAlignProcessor", "load_radiograph"]
+__all__ = ["S2DAlignProcessor", "load_radiograph", "select_views", "view_rank", "VIEW_RULE"]

@@ -92,13 +92,22 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
         del state, vision_model, text_model, language_model
         model = S2DAlignForConditionalGeneration.from_pretrained(staging, dtype=target)
     out = Path(out_dir)
-    model.save_pretrained(out)
     processor = S2DAlignProcessor(
         image_processor=_image_processor(vision, image_size), tokenizer=llm_tokenizer,
         text_encoder_tokenizer=AutoTokenizer.from_pretrained(text_encoder),
         num_memory_queries=config.num_memory_queries, max_views=config.max_views)
+    set_generation_defaults(model, processor)
+    model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
+
+
+def set_generation_defaults(model, processor) -> None:
+    """Generation defaults saved with the folder (generation_config.json), so `model.generate(**inputs)` works as
+    trained: room for the longest training target (`max_report_tokens` report tokens + EOS) and the placeholder
+    tokens suppressed (the model's `generate` also adds them to any call's `suppress_tokens`)."""
+    model.generation_config.max_new_tokens = processor.max_report_tokens + 1
+    model.generation_config.suppress_tokens = sorted(model.config.placeholder_token_ids.values())
 
 
 def register(subparsers) -> None:
@@ -110,7 +119,10 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     parser.add_argument("--num-memory-queries", type=int, default=64)
     parser.add_argument("--connector", default="sma")
-    parser.add_argument("--max-views", type=int, default=2)
+    parser.add_argument("--max-views", type=int, default=2,
+                        help="images per study the model takes (default 2: frontal + lateral); MIMIC-CXR studies "
+                             "hold up to 4: pass 4 to use them all. Studies with more are cut, frontal first, then "
+                             "lateral, the same way in `s2d prepare`, training and `s2d generate`")
     parser.set_defaults(func=_run)
 
 

@@ -25,16 +25,21 @@ def load_model(model_dir: str, device: str | None = None, dtype: torch.dtype | N
 
 
 @torch.inference_mode()
-def generate_reports(model, processor, studies: list, *, batch_size: int = 16, max_new_tokens: int = 128,
-                     num_beams: int = 1, progress: bool = True) -> list[str]:
+def generate_reports(model, processor, studies: list, *, batch_size: int = 16, max_new_tokens: int | None = None,
+                     num_beams: int = 1, progress: bool = True, view_positions: list | None = None) -> list[str]:
     """One findings text per study; `studies` holds an image (path / PIL / array) or a list of views per study.
 
+    `view_positions` (one list of DICOM ViewPosition strings per study, optional) pick the views of studies with
+    more than `max_views` images by the view rule (frontal first, then lateral); without them the given order
+    counts. `max_new_tokens` defaults to the longest training target, `processor.max_report_tokens` + EOS.
     Greedy decoding by default; batches are left-padded so they generate exactly what single studies do.
     """
+    max_new_tokens = max_new_tokens or processor.max_report_tokens + 1
     reports = []
     batches = range(0, len(studies), batch_size)
     for start in tqdm(batches, desc="generating", unit="batch", disable=not progress):
-        inputs = processor(images=studies[start: start + batch_size]).to(model.device)
+        positions = view_positions[start: start + batch_size] if view_positions is not None else None
+        inputs = processor(images=studies[start: start + batch_size], view_positions=positions).to(model.device)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
         reports.extend(processor.batch_decode(out, prompt_length=inputs["input_ids"].shape[1]))
     return reports
@@ -51,21 +56,53 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="write findings for chest X-rays")
     parser.add_argument("--model", required=True, help="a saved S2D-Align folder")
-    parser.add_argument("--images", nargs="+", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+",
                         help="one argument per study; join the views of one study with commas (frontal first)")
-    parser.add_argument("--out", help="JSONL file for {id, report} rows (default: print)")
+    source.add_argument("--dataset", help="a DatasetDict from `s2d prepare`: generate for every study of --split "
+                                          "(its ids, and its view positions to pick the views)")
+    parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
+    parser.add_argument("--references-out", help="with --dataset: also write its reports as JSONL {id, report} "
+                                                 "(the references of `s2d eval`)")
+    parser.add_argument("--out", help="JSONL file for {id, images, report} rows (default: print)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: the longest training target, the processor's max_report_tokens + EOS")
     parser.add_argument("--num-beams", type=int, default=1)
     parser.set_defaults(func=_run)
 
 
+def _dataset_studies(path: str, split: str) -> tuple[list, list, list, list]:
+    """ids, image lists, view positions and reports of one split of a prepared dataset."""
+    from datasets import DatasetDict, load_from_disk
+
+    if not (Path(path) / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"{path} is not a dataset from `s2d prepare` (no dataset_dict.json)")
+    dataset = load_from_disk(path)
+    if not isinstance(dataset, DatasetDict) or split not in dataset:
+        raise ValueError(f"dataset {path} has no {split!r} split (it has {sorted(dataset)})")
+    rows = dataset[split]
+    if len(rows) == 0:
+        raise ValueError(f"dataset {path} split {split!r} is empty")
+    positions = rows["view_positions"] if "view_positions" in rows.column_names else None
+    return list(rows["id"]), [list(p) for p in rows["image_paths"]], positions, list(rows["report"])
+
+
 def _run(args) -> int:
+    if args.references_out and not args.dataset:
+        raise ValueError("--references-out needs --dataset (the reports come from the dataset)")
+    if args.dataset:
+        ids, studies, positions, references = _dataset_studies(args.dataset, args.split)
+    else:
+        studies, positions = [arg.split(",") for arg in args.images], None
+        ids = [Path(views[0]).stem for views in studies]
     model, processor = load_model(args.model)
-    studies = [arg.split(",") for arg in args.images]
     reports = generate_reports(model, processor, studies, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, num_beams=args.num_beams)
-    rows = [{"id": Path(views[0]).stem, "images": views, "report": report} for views, report in zip(studies, reports)]
+                               max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, view_positions=positions)
+    rows = [{"id": sid, "images": views, "report": report} for sid, views, report in zip(ids, studies, reports)]
+    if args.references_out:
+        write_jsonl(args.references_out, [{"id": sid, "report": ref} for sid, ref in zip(ids, references)])
+        print(f"wrote {len(ids)} references to {args.references_out}")
     if args.out:
         write_jsonl(args.out, rows)
         print(f"wrote {len(rows)} reports to {args.out}")

@@ -165,3 +165,25 @@ def test_class_is_a_direct_generation_mixin():
 
     assert GenerationMixin in S2DAlignForConditionalGeneration.__bases__
     assert S2DAlignForConditionalGeneration.can_generate()
+
+
+def test_generation_never_emits_the_placeholder_tokens(tiny, radiographs):
+    import copy
+
+    model, processor = tiny
+    biased = copy.deepcopy(model)
+    placeholders = sorted(model.config.placeholder_token_ids.values())
+    head = torch.nn.Linear(biased.lm_head.in_features, biased.lm_head.out_features, bias=True)
+    head.weight.data.copy_(biased.lm_head.weight.data)
+    head.bias.data.zero_()
+    head.bias.data[placeholders] = torch.tensor([30.0, 20.0, 10.0])  # <image> first, then the others
+    biased.lm_head = head
+    batch = processor(images=[radiographs[:1]])
+    with torch.no_grad():  # the head really prefers the placeholders: unsuppressed, <image> is the greedy choice
+        assert int(biased(**batch).logits[0, -1].argmax()) == placeholders[0]
+    for kwargs in ({}, {"suppress_tokens": [processor.tokenizer.eos_token_id]}, {"num_beams": 2}):
+        out = biased.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False, **kwargs)
+        new = out[0, batch["input_ids"].shape[1]:].tolist()
+        assert len(new) == 6 and not set(new) & set(placeholders), (kwargs, new)
+        if "suppress_tokens" in kwargs:  # the caller's own suppressed tokens stay suppressed
+            assert processor.tokenizer.eos_token_id not in new

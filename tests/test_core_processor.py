@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from processing_s2d import load_radiograph
+from processing_s2d import load_radiograph, select_views
 
 
 def test_training_inputs_mask_everything_but_the_report(tiny, radiographs):
@@ -55,10 +55,53 @@ def test_text_with_no_report_is_a_clear_error(tiny, radiographs, report):
         processor(images=radiographs, text=["Lungs are clear.", report])
 
 
-def test_more_views_than_max_views_is_a_clear_error(tiny, radiographs):
+def test_view_rule_frontal_first_then_lateral():
+    positions = ["LL", "AP", "LATERAL", "PA"]
+    assert select_views(positions, positions, 2) == [3, 1]  # PA, AP
+    assert select_views(positions, positions) == [3, 1, 2, 0]  # then LATERAL before LL
+    assert select_views(["x", "y", "z"], ["", "SWIMMERS", "LATERAL"], 2) == [2, 0]  # unknown / other positions last
+    assert select_views(["a", "b", "c"], None, 2) == [0, 1]  # no positions: the given order (frontal first)
+    assert select_views(["a", "b"], [], 1) == [0]
+    with pytest.raises(ValueError, match="got 1 view positions for 2 images"):
+        select_views(["a", "b"], ["PA"], 2)
+
+
+def test_more_views_than_max_views_are_cut_by_the_view_rule(tiny, radiographs, tmp_path):
     _, processor = tiny
-    with pytest.raises(ValueError, match="study 0 has 3 images; this model takes 1 to max_views=2"):
-        processor(images=[[radiographs[0]] * 3])
+    third = tmp_path / "third.png"
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(third)
+    a, b, c = radiographs[0], radiographs[1], str(third)
+    # the bug this replaces: "study 0 has 3 images; this model takes 1 to max_views=2"
+    batch = processor(images=[[a, b, c]], view_positions=[["LATERAL", "", "PA"]])
+    expected = processor(images=[[c, a]])  # PA first, then the lateral; the unknown view is dropped
+    assert batch["view_mask"].tolist() == [[True, True]]
+    torch.testing.assert_close(batch["pixel_values"], expected["pixel_values"])
+    without_positions = processor(images=[[a, b, c]])  # unknown positions: the first two as given
+    torch.testing.assert_close(without_positions["pixel_values"], processor(images=[[a, b]])["pixel_values"])
+    with pytest.raises(ValueError, match="got 1 view-position lists for 2 studies"):
+        processor(images=[[a], [b]], view_positions=[["PA"]])
+
+
+def test_truncated_reports_get_no_eos(tiny, radiographs):
+    _, processor = tiny
+    eos = processor.tokenizer.eos_token_id
+    long_report = "The heart is normal in size. There is no pleural effusion or pneumothorax."
+    tokens = processor.tokenizer(long_report, add_special_tokens=False)["input_ids"]
+    short = processor.tokenizer.decode(tokens[:3])
+    assert len(processor.tokenizer(short, add_special_tokens=False)["input_ids"]) == 3
+    saved = processor.max_report_tokens
+    processor.max_report_tokens = 5
+    try:
+        batch = processor(images=[radiographs[:1]] * 2, text=[long_report, short])
+        targets = [row[row != -100].tolist() for row in batch["labels"]]
+        assert targets[0] == tokens[:5]  # cut at max_report_tokens, no EOS after the cut
+        assert targets[1][-1] == eos and len(targets[1]) == 4  # a report that fits ends with EOS
+        stats = processor.report_truncation([long_report, short, "  "])
+        assert stats == {"reports": 2, "truncated": 1, "longest_tokens": len(tokens), "max_report_tokens": 5}
+        processor.max_report_tokens = len(tokens)  # exactly max_report_tokens tokens: not cut, EOS kept
+        assert processor.report_ids(long_report, 0) == tokens + [eos]
+    finally:
+        processor.max_report_tokens = saved
 
 
 def test_mismatched_batch_sizes_are_errors(tiny, radiographs):

@@ -92,7 +92,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 def test_cli_prints_one_line(tmp_path, capsys, data, expected):
     path = write(tmp_path, data)
     code, err = run_cli(["prepare", "--dataset", "iu_xray", "--annotation", str(path), "--image-root",
-                         str(images(tmp_path, [1])), "--out", str(tmp_path / "out")], capsys)
+                         str(images(tmp_path, [1])), "--reference", "none", "--out", str(tmp_path / "out")], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("s2d prepare: error: ") and expected in err and str(path) in err
@@ -104,11 +104,11 @@ def test_cli_unreadable_image_error_then_skip(tmp_path, capsys):
     (root / "CXR2_IM-0002" / "0.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "out"
     code, err = run_cli(["prepare", "--dataset", "iu_xray", "--annotation", str(path), "--image-root", str(root),
-                         "--out", str(out)], capsys)
+                         "--reference", "none", "--out", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1
     assert "unreadable image" in err and "CXR2_IM-0002/0.png (sample CXR2_IM-0002)" in err
     code, _ = run_cli(["prepare", "--dataset", "iu_xray", "--annotation", str(path), "--image-root", str(root),
-                       "--out", str(out), "--missing-images", "skip"], capsys)
+                       "--reference", "none", "--out", str(out), "--missing-images", "skip"], capsys)
     assert code == 0
     summary = json.loads((out / "prepare_summary.json").read_text())
     assert summary["skipped"]["by_reason"] == {"unreadable image": 1}
@@ -116,8 +116,18 @@ def test_cli_unreadable_image_error_then_skip(tmp_path, capsys):
 
 
 def test_cli_missing_image_root_says_images_are_not_shipped(tmp_path, capsys):
-    code, err = run_cli(["prepare", "--dataset", "iu_xray", "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(["prepare", "--dataset", "iu_xray", "--reference", "none", "--out", str(tmp_path / "o")],
+                        capsys)
     assert code == 2 and err.count("\n") == 1 and "images are not shipped" in err
+
+
+def test_cli_iu_default_reference_is_retrieval_and_needs_features(tmp_path, capsys):
+    # IU X-Ray has one study per patient: same_patient would leave every sample without a reference
+    code, err = run_cli(["prepare", "--dataset", "iu_xray", "--image-root", str(tmp_path), "--out",
+                         str(tmp_path / "o")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "one study per patient" in err and "--feature-model PATH" in err and "--reference none" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_retrieval_without_feature_model(tmp_path, capsys):

@@ -11,7 +11,8 @@ import pytest
 from s2d_align.data.mimic_cxr import iso_date, load_mimic_cxr
 from s2d_align.data.references import attach_references
 from s2d_align.data.summary import SkipLog
-from s2d_align.data.text import clean_report_mimic_cxr, extract_findings_section
+from s2d_align.data.text import clean_report_mimic_cxr, extract_findings_section, is_findings_header, report_sections
+from s2d_align.data.views import ViewLog
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RAW = FIXTURES / "data_mimic_raw"
@@ -29,10 +30,52 @@ def test_findings_section_extraction():
  IMPRESSION:  Small effusion.
 """
     assert extract_findings_section(text) == "Heart size is normal. There is a small left pleural effusion."
-    assert extract_findings_section("FINDINGS AND IMPRESSION: No acute process.\n") == "No acute process."
-    assert extract_findings_section(" IMPRESSION: Normal.\n") == ""
+    assert extract_findings_section(" FINAL REPORT\n IMPRESSION: Normal.\n") == ""
     # a header without content yields "", not the next section
-    assert extract_findings_section("FINDINGS:\n\nIMPRESSION: x\n") == ""
+    assert extract_findings_section(" FINAL REPORT\n FINDINGS:\n\n IMPRESSION: x\n") == ""
+
+
+# One report per rule of the official MIMIC-CXR section parser (see `extract_findings_section`'s docstring).
+HEAD = "                                 FINAL REPORT\n INDICATION:  Cough.\n"
+
+
+@pytest.mark.parametrize("body, findings", [
+    # 1. a header starts a line that begins with a space: without it, or on the first line, it is text
+    (" FINDINGS:  Lungs clear.\n IMPRESSION:  Normal.\n", "Lungs clear."),
+    ("FINDINGS:  Lungs clear.\n IMPRESSION:  Normal.\n", ""),  # no leading space: still INDICATION's text
+    (" FINDINGS 2:  Lungs clear.\n", ""),  # digits are not header characters
+    (" FINDINGS:Lungs clear.\n", ""),  # the colon must be followed by whitespace
+    # 2. when the colon ends the line, a header on the very next line belongs to the section
+    (" FINDINGS:\n PORTABLE AP:  Lungs clear.\n IMPRESSION:  Normal.\n", "PORTABLE AP: Lungs clear."),
+    (" FINDINGS:\n \n PORTABLE AP:  Lungs clear.\n IMPRESSION:  Normal.\n", "Lungs clear."),
+    # 3. the official table: misspellings and variants that are FINDINGS
+    (" FINDING:  Lungs clear.\n", "Lungs clear."),
+    (" FINDNINGS:  Lungs clear.\n", "Lungs clear."),
+    (" CHEST, TWO VIEWS:  Lungs clear.\n IMPRESSION:  Normal.\n", "Lungs clear."),
+    (" REFERENCE FINDINGS:  Lungs clear.\n", "Lungs clear."),
+    # 4. a name that contains "findings" (and not "impression"), or else describes the exam
+    (" FINDINGS ON PORTABLE FILM:  Lungs clear.\n", "Lungs clear."),
+    (" PA AND LATERAL VIEWS OF THE CHEST:  Lungs clear.\n IMPRESSION:  Normal.\n", "Lungs clear."),
+    (" PORTABLE AP UPRIGHT:  Lungs clear.\n", "Lungs clear."),
+    (" COMPARISON WITH PRIOR CHEST:  Lungs clear.\n", ""),  # a main section (comparison) comes first
+    # 5. FINDINGS AND IMPRESSION is an impression for the official parser
+    (" FINDINGS AND IMPRESSION:  Lungs clear.\n", ""),
+    (" FINDINGS/IMPRESSION:  Lungs clear.\n", ""),
+    (" FINDINGS:  Heart normal.\n FINDINGS AND IMPRESSION:  Lungs clear.\n", "Heart normal."),
+    # 6. empty FINDINGS sections are dropped and the last FINDINGS section wins
+    (" FINDINGS:\n \n COMPARISON:  None.\n FINDINGS:  Lungs clear.\n", "Lungs clear."),
+    (" FINDINGS:  Heart normal.\n IMPRESSION:  x.\n FINDINGS:  Lungs clear.\n", "Lungs clear."),
+    (" FINDINGS:  Heart normal.\n IMPRESSION:  x.\n FINDINGS:\n \n", "Heart normal."),
+])
+def test_official_section_parser_rules(body, findings):
+    assert extract_findings_section(HEAD + body) == findings
+
+
+def test_section_boundaries(body=" FINDINGS:  Heart normal.\n WET READ:  x.\n IMPRESSION:  y.\n"):
+    assert [name for name, _ in report_sections(HEAD + body)] == ["", "INDICATION", "FINDINGS", "WET READ",
+                                                                  "IMPRESSION"]
+    assert report_sections("no header at all") == [("", "no header at all")]
+    assert is_findings_header("Findings") and not is_findings_header("IMPRESSION")
 
 
 def test_study_date_format():
@@ -56,9 +99,11 @@ def test_raw_layout_one_sample_per_study(raw_root):
     skipped = SkipLog()
     dsd = load_mimic_cxr(mimic_root=raw_root, missing_images="skip", skipped=skipped)
     assert {s: sorted(dsd[s]["id"]) for s in dsd} == {
-        "train": ["50414267", "50771383", "53189527", "53911762"], "validation": ["56699142"], "test": ["58000001"]}
-    assert skipped.counts == {"empty findings": 1, "missing image": 1}
-    assert skipped.examples == {"empty findings": ["57375967"], "missing image": ["54205396"]}
+        "train": ["50414267", "50771383", "51000001", "51000002", "53189527", "53911762"],
+        "validation": ["56699142"], "test": ["51000004", "58000001"]}
+    # IMPRESSION only; FINDINGS AND IMPRESSION (an impression for the official parser)
+    assert skipped.counts == {"empty findings": 2, "missing image": 1}
+    assert skipped.examples == {"empty findings": ["57375967", "51000003"], "missing image": ["54205396"]}
     row = dsd["train"][dsd["train"]["id"].index("50414267")]
     # the lateral is listed first in the metadata; the frontal view must come first
     assert row["view_positions"] == ["PA", "LATERAL"]
@@ -67,8 +112,31 @@ def test_raw_layout_one_sample_per_study(raw_root):
     assert row["study_date"] == "2180-05-06" and row["subject_id"] == "10000032"
     assert row["report"] == ("SYNTHETIC 0. There is a small left pleural effusion. "
                              "The cardiomediastinal silhouette is normal. No pneumothorax.")
-    other = dsd["train"][dsd["train"]["id"].index("53911762")]
-    assert other["report"] == "SYNTHETIC 2. Mild cardiomegaly. No focal consolidation."
+    reports = {r["id"]: r["report"] for split in dsd.values() for r in split}
+    assert reports["53911762"] == "SYNTHETIC 2. Mild cardiomegaly. No focal consolidation."  # CHEST, TWO VIEWS:
+    assert reports["51000001"] == "SYNTHETIC 8. Heart size is normal. No pleural effusion."  # the last FINDINGS
+    assert reports["51000002"] == "SYNTHETIC 9. There is a right lower lobe opacity."  # PA AND LATERAL VIEWS OF...
+    assert reports["51000004"] == "SYNTHETIC 11. Lungs are clear. No pneumothorax."  # FINDING:
+
+
+@pytest.mark.parametrize("max_views, expected", [
+    (2, {"51000001": ["PA", "AP"], "51000002": ["PA", "LATERAL"], "51000004": ["PA", "AP"]}),
+    (4, {"51000001": ["PA", "AP", "LATERAL", "LL"], "51000002": ["PA", "LATERAL", ""],
+         "51000004": ["PA", "AP", "LATERAL", "LL"]}),
+    (1, {"51000001": ["PA"], "51000002": ["PA"], "51000004": ["PA"]}),
+])
+def test_raw_layout_keeps_max_views_by_the_view_rule(raw_root, max_views, expected):
+    views = ViewLog(max_views)
+    dsd = load_mimic_cxr(mimic_root=raw_root, missing_images="skip", views=views)
+    rows = {r["id"]: r for split in dsd.values() for r in split}
+    for study, positions in expected.items():
+        assert rows[study]["view_positions"] == positions
+        names = {"PA": "pa", "AP": "ap", "LATERAL": "lat", "LL": "ll", "": "x"}
+        assert [Path(p).stem.split("-")[1] for p in rows[study]["image_paths"]] == [names[v] for v in positions]
+    summary = views.summary(rows)
+    assert summary["images_per_study"] == {1: 5, 2: 1, 3: 1, 4: 2} and summary["max_views"] == max_views
+    dropped = {2: (3, 5), 4: (0, 0), 1: (4, 9)}[max_views]  # (studies cut, views dropped), counted by hand
+    assert (summary["studies_cut"], summary["views_dropped"]) == dropped
 
 
 def test_raw_layout_missing_image_is_an_error_by_default(raw_root):
@@ -84,6 +152,7 @@ def test_raw_layout_same_patient_references(raw_root):
     assert ref["50414267"] == "53189527"  # first study: nearest later one
     assert ref["56699142"] == "53911762"  # validation sample, training reference
     assert ref["50771383"] == "" and ref["58000001"] == ""  # no other training study of these patients
+    assert ref["51000004"] == "51000002" and ref["51000001"] == "51000002"
 
 
 def test_missing_metadata_and_bad_columns(raw_root):
@@ -104,6 +173,9 @@ def test_r2gen_annotation_with_metadata(tmp_path, raw_root):
     ann = json.loads((FIXTURES / "mimic_annotation_schema_example.json").read_text())
     ann["train"][0]["id"] = "d1-pa"
     ann["train"][0]["image_path"] = ["p10/p10000032/s50414267/d1-pa.jpg"]
+    # an entry with several images: ordered and cut by the view rule, from the metadata's positions
+    ann["train"].append({"id": "d9", "report": "Lungs clear.", "image_path": [
+        f"p10/p10000935/s51000001/{d}.jpg" for d in ("d9-lat", "d9-ap", "d9-ll", "d9-pa")]})
     ann["test"] = [{"id": "d6-pa", "study_id": 58000001, "subject_id": 10000764, "report": "No effusion.",
                     "image_path": ["p10/p10000764/s58000001/d6-pa.jpg"], "split": "test"},
                    {"id": "d7-pa", "report": "Heart normal.", "image_path": ["p10/p10000898/s50771383/d7-pa.jpg"],
@@ -113,6 +185,9 @@ def test_r2gen_annotation_with_metadata(tmp_path, raw_root):
     dsd = load_mimic_cxr(path, mimic_root=raw_root, image_root=raw_root / "files")
     row = dsd["train"][0]
     assert (row["id"], row["subject_id"], row["study_id"]) == ("d1-pa", "10000032", "50414267")
+    multi = dsd["train"][dsd["train"]["id"].index("d9")]
+    assert multi["view_positions"] == ["PA", "AP"] and [Path(p).name for p in multi["image_paths"]] == [
+        "d9-pa.jpg", "d9-ap.jpg"]
     assert row["study_date"] == "2180-05-06" and row["view_positions"] == ["PA"]
     assert row["report"].startswith("SYNTHETIC PLACEHOLDER")
     # ids missing from the entry come from the image path

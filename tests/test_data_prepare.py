@@ -80,19 +80,68 @@ def test_iu_retrieval_with_a_feature_model(tmp_path, tiny_dinov2):
     assert summary["references"]["by_split"]["validation"] == {"same_patient": 0, "retrieval": 2, "none": 0}
 
 
-def test_mimic_raw_prepare_summary(tmp_path):
+def test_mimic_raw_prepare_summary(tmp_path, capsys):
     root = tmp_path / "mimic"
     shutil.copytree(RAW_MIMIC, root)
     out = tmp_path / "out"
-    dsd = prepare("mimic_cxr", out, mimic_root=root, missing_images="skip")
+    assert main(["prepare", "--dataset", "mimic_cxr", "--mimic-root", str(root), "--missing-images", "skip",
+                 "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    dsd = load_from_disk(str(out))
     summary = json.loads((out / "prepare_summary.json").read_text())
-    assert summary["counts"] == {"train": 4, "validation": 1, "test": 1}
-    assert summary["skipped"]["by_reason"] == {"empty findings": 1, "missing image": 1}
+    assert summary["counts"] == {"train": 6, "validation": 1, "test": 2}
+    assert summary["skipped"]["by_reason"] == {"empty findings": 2, "missing image": 1}
+    # same_patient: the samples without a reference are counted in the summary and said on the console
     assert summary["references"]["no_reference"] == 2
+    assert "warning: 2 of 9 samples have no stage-2 reference (same_patient" in console
     assert summary["options"]["keyphrases"] == "rules" and summary["options"]["reference"] == "same_patient"
     row = dsd["train"][dsd["train"]["id"].index("53911762")]
     assert row["key_phrases"] == ["mild cardiomegaly", "no focal consolidation"]
     assert row["reference_id"] == "53189527"
+    # the view rule, with s2d build's default max_views=2: 4 -> 2, 3 -> 2, 4 -> 2 views
+    views = summary["views"]
+    assert views["max_views"] == 2 and views["rule"].startswith("frontal first (PA, then AP")
+    assert (views["studies_cut"], views["views_dropped"]) == (3, 5)
+    assert "views: 5 images dropped from 3 studies" in console
+    assert max(len(p) for split in dsd.values() for p in split["image_paths"]) == 2
+    # without a model folder, report lengths are counted in words against the default 256
+    targets = summary["targets"]
+    assert targets["counted_in"].startswith("words") and targets["max_report_tokens"] == 256
+    assert targets["truncated"] == 0 and targets["by_split"]["train"]["longest_words"] == max(
+        len(r.split()) for r in dsd["train"]["report"])
+
+
+def test_prepare_counts_long_reports_with_the_model_tokenizer(tmp_path, capsys):
+    from s2d_align.tiny import build_tiny
+
+    model, processor = build_tiny(vocab_size=300, image_size=32, patch_size=8, vision_width=32, llm_width=32,
+                                  num_memory_queries=2, max_views=3)
+    processor.max_report_tokens = 50
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    root = tmp_path / "mimic"
+    shutil.copytree(RAW_MIMIC, root)
+    out = tmp_path / "out"
+    assert main(["prepare", "--dataset", "mimic_cxr", "--mimic-root", str(root), "--missing-images", "skip",
+                 "--reference", "none", "--model", str(tmp_path / "model"), "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    dsd = load_from_disk(str(out))
+    # the model's max_views (3) and its tokenizer's lengths
+    views = summary["views"]
+    assert views["max_views"] == 3 and (views["studies_cut"], views["views_dropped"]) == (2, 2)
+    lengths = {split: [len(processor.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in ds["report"]]
+               for split, ds in dsd.items()}
+    expected = sum(n > 50 for split in lengths.values() for n in split)
+    assert 0 < expected < summary["total"]
+    assert summary["targets"]["truncated"] == expected and summary["targets"]["max_report_tokens"] == 50
+    assert summary["targets"]["by_split"]["train"]["longest_tokens"] == max(lengths["train"])
+    assert f"targets: {expected} reports longer than max_report_tokens=50" in console
+    # an explicit --max-views wins over the model's
+    assert main(["prepare", "--dataset", "mimic_cxr", "--mimic-root", str(root), "--missing-images", "skip",
+                 "--reference", "none", "--model", str(tmp_path / "model"), "--max-views", "4",
+                 "--out", str(tmp_path / "out4")]) == 0
+    assert json.loads((tmp_path / "out4" / "prepare_summary.json").read_text())["views"]["views_dropped"] == 0
 
 
 def test_unknown_options_are_errors(tmp_path):

@@ -77,15 +77,56 @@ def test_generate_cli_writes_one_row_per_study(saved, tiny, radiographs, tmp_pat
     from s2d_align.generation import generate_reports
 
     out = tmp_path / "preds.jsonl"
+    three = [radiographs[1], radiographs[0], radiographs[1]]  # more views than max_views=2: cut, never refused
     assert main(["generate", "--model", str(saved), "--images", radiographs[0], ",".join(radiographs),
-                 "--out", str(out), "--max-new-tokens", "8"]) == 0
+                 ",".join(three), "--out", str(out), "--max-new-tokens", "8"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["images"] for r in rows] == [radiographs[:1], radiographs]
+    assert [r["images"] for r in rows] == [radiographs[:1], radiographs, three]
     model, processor = tiny
-    direct = generate_reports(model, processor, [radiographs[:1], radiographs], max_new_tokens=8, progress=False)
+    direct = generate_reports(model, processor, [radiographs[:1], radiographs, three[:2]], max_new_tokens=8,
+                              progress=False)  # no view positions: the first two as given
     assert [r["report"] for r in rows] == direct
 
 
 def test_generate_cli_names_a_missing_image(saved, tmp_path, capsys):
     assert main(["generate", "--model", str(saved), "--images", str(tmp_path / "nope.png")]) == 2
     assert "image not found" in capsys.readouterr().err
+
+
+def test_generate_defaults_to_the_longest_training_target(tiny, radiographs, monkeypatch):
+    from s2d_align.generation import generate_reports
+
+    model, processor = tiny
+    seen = []
+    original = type(model).generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs["max_new_tokens"])
+        return original(self, *args, **{**kwargs, "max_new_tokens": 2})
+
+    monkeypatch.setattr(type(model), "generate", spy)
+    generate_reports(model, processor, [radiographs[:1]], progress=False)
+    assert seen == [processor.max_report_tokens + 1]  # the report tokens + EOS
+
+
+def test_generate_cli_on_a_prepared_dataset(saved, tiny, radiographs, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from s2d_align.generation import generate_reports
+
+    rows = [dict(id="s1", image_paths=[radiographs[1], radiographs[0], radiographs[1]],
+                 view_positions=["LATERAL", "PA", "LL"], report="Lungs are clear."),
+            dict(id="s2", image_paths=[radiographs[0]], view_positions=["AP"], report="Small effusion.")]
+    DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "data"))
+    preds, refs = tmp_path / "preds.jsonl", tmp_path / "refs.jsonl"
+    assert main(["generate", "--model", str(saved), "--dataset", str(tmp_path / "data"), "--references-out",
+                 str(refs), "--out", str(preds), "--max-new-tokens", "6"]) == 0
+    out = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert [r["id"] for r in out] == ["s1", "s2"]
+    assert [json.loads(line) for line in refs.read_text().splitlines()] == [
+        {"id": "s1", "report": "Lungs are clear."}, {"id": "s2", "report": "Small effusion."}]
+    model, processor = tiny  # 3 views for a 2-view model: the PA, then the lateral (by hand)
+    direct = generate_reports(model, processor, [[radiographs[0], radiographs[1]], [radiographs[0]]],
+                              max_new_tokens=6, progress=False)
+    assert [r["report"] for r in out] == direct
+    assert main(["generate", "--model", str(saved), "--dataset", str(tmp_path / "data"), "--split", "train"]) == 2

@@ -327,3 +327,66 @@ def test_eval_views_name_the_losses(data):
     assert list(eval_views(split, ("image",))) == ["image_only"]
     views = eval_views(split, ("image", "reference"))
     assert list(views) == ["full", "image_only"] and views["full"]["s2d_eval_context"][0] == "full"
+
+
+# -- studies with more views than the model takes -----------------------------------------------------------------
+def _multiview_dataset(root):
+    """Studies of 3 and 4 views (positions shuffled), more than the tiny model's max_views=2."""
+    from datasets import Dataset, DatasetDict
+
+    (root / "mv").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, positions in enumerate((["LATERAL", "AP", "PA"], ["LL", "", "AP", "LATERAL"], ["PA"])):
+        paths = []
+        for j, _ in enumerate(positions):
+            path = root / "mv" / f"{i}_{j}.png"
+            Image.fromarray(np.full((40, 40), 30 * (i + 1) + 50 * j, np.uint8)).save(path)
+            paths.append(str(path))
+        rows.append(dict(id=f"mv-{i}", image_paths=paths, view_positions=positions, report="the lungs are clear.",
+                         reference="no prior.", key_phrases=["clear lungs"]))
+    path = root / "mv_dataset"
+    DatasetDict({"train": Dataset.from_list(rows)}).save_to_disk(str(path))
+    return path, rows
+
+
+def test_collator_and_cache_cut_studies_by_the_view_rule(tiny_folder, tmp_path):
+    path, rows = _multiview_dataset(tmp_path)
+    processor, inner = tiny_folder.processor, tiny_folder.model.model
+    assert processor.max_views == 2
+    # by hand: PA then AP of study 0; AP then LATERAL of study 1; the single PA of study 2
+    chosen = [[rows[0]["image_paths"][2], rows[0]["image_paths"][1]],
+              [rows[1]["image_paths"][2], rows[1]["image_paths"][3]], rows[2]["image_paths"]]
+    expected = processor(images=chosen)
+    live = S2DAlignCollator(processor, ("image",))(rows)
+    torch.testing.assert_close(live["pixel_values"], expected["pixel_values"])
+    assert live["view_mask"].tolist() == [[True, True], [True, True], [True, False]]
+    splits = {"train": load_from_disk(str(path))["train"]}
+    cache = prepare_feature_cache(tiny_folder.path, path, splits, processor, dtype="float32")
+    with torch.no_grad():
+        features = inner.encode_images(expected["pixel_values"], expected["view_mask"])
+    for i, row in enumerate(rows):
+        stored = cache.image(row["id"])
+        assert stored.shape[0] == len(chosen[i])
+        torch.testing.assert_close(stored, features[i, : len(chosen[i])], rtol=1e-5, atol=1e-5)
+    cached = S2DAlignCollator(processor, ("image",), features=cache)(rows)
+    assert torch.equal(cached["view_mask"], live["view_mask"])
+
+
+def test_collator_counts_targets_cut_without_eos(tiny_folder, data):
+    import copy
+
+    processor = copy.deepcopy(tiny_folder.processor)
+    rows = list(data.splits["train"])
+    lengths = [len(processor.tokenizer(r["report"], add_special_tokens=False)["input_ids"]) for r in rows]
+    processor.max_report_tokens = min(lengths)  # the shortest reports fit, the others are cut
+    cut = sum(n > processor.max_report_tokens for n in lengths)
+    assert 0 < cut < len(rows)
+    collator = S2DAlignCollator(processor, ("image", "reference"))
+    batch = collator(rows)
+    assert (collator.truncated_reports, collator.collated_reports) == (cut, len(rows))
+    assert processor.report_truncation([r["report"] for r in rows])["truncated"] == cut
+    eos = processor.tokenizer.eos_token_id
+    for row, n in zip(batch["labels"], lengths):
+        target = row[row != -100].tolist()
+        assert (target[-1] == eos) == (n <= processor.max_report_tokens)
+        assert len(target) == min(n, processor.max_report_tokens) + (n <= processor.max_report_tokens)

@@ -30,8 +30,17 @@ def register(subparsers) -> None:
     src.add_argument("--no-verify-images", dest="verify_images", action="store_false",
                      help="only check that image files exist (skip opening them with PIL)")
     src.add_argument("--clean", action="store_true", help="apply R2Gen's report cleaning (original kept in report_raw)")
+    model = p.add_argument_group("the model the data is for")
+    model.add_argument("--model", type=Path,
+                       help="S2D-Align folder (from `s2d build`): take its max_views, and count reports longer than "
+                            "its max_report_tokens with its tokenizer (without it: counted in words)")
+    model.add_argument("--max-views", type=int,
+                       help="images kept per study, frontal first, then lateral (default: the model's, else 2, "
+                            "`s2d build`'s default; MIMIC-CXR studies hold up to 4)")
     aux = p.add_argument_group("auxiliary signals")
-    aux.add_argument("--reference", choices=STRATEGIES, default="same_patient", help="stage-2 reference reports")
+    aux.add_argument("--reference", choices=STRATEGIES, default=None,
+                     help="stage-2 reference reports (default: retrieval for iu_xray, one study per patient, which "
+                          "needs --feature-model; same_patient otherwise)")
     aux.add_argument("--feature-model", type=Path, help="Dinov2 checkpoint folder for retrieval image features")
     aux.add_argument("--device", default="cpu", help="device of the feature model (default cpu)")
     aux.add_argument("--keyphrases", choices=BACKENDS + ("ground_truth",),
@@ -52,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in (
         "annotation", "reports_tgz", "image_root", "mimic_root", "reports_root", "missing_images", "verify_images",
         "clean", "reference", "feature_model", "device", "keyphrases", "rewrite_model", "rewrite_cache",
-        "num_patients", "seed", "image_size", "num_workers")}
+        "num_patients", "seed", "image_size", "num_workers", "model", "max_views")}
     try:
         prepare(args.dataset, args.out, **options)
     except FileNotFoundError:
@@ -62,4 +71,25 @@ def run(args: argparse.Namespace) -> int:
     summary = json.loads((args.out / "prepare_summary.json").read_text())
     counts = ", ".join(f"{split} {n}" for split, n in summary["counts"].items())
     print(f"prepared {args.dataset} in {args.out}: {counts}; skipped {summary['skipped']['total']}")
+    for line in summary_lines(summary):
+        print(line)
     return 0
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What a user must not miss: samples without a reference, views dropped, reports cut in training."""
+    lines = []
+    refs = summary.get("references") or {}
+    if refs.get("no_reference"):
+        lines.append(f"warning: {refs['no_reference']} of {summary['total']} samples have no stage-2 reference "
+                     f"({refs.get('strategy')}: {refs.get('no_reference_reason', '')}); they get an empty one")
+    views = summary.get("views")
+    if views and views["views_dropped"]:
+        lines.append(f"views: {views['views_dropped']} images dropped from {views['studies_cut']} studies with more "
+                     f"than max_views={views['max_views']} ({views['rule']})")
+    targets = summary.get("targets")
+    if targets and targets["truncated"]:
+        lines.append(f"targets: {targets['truncated']} reports longer than max_report_tokens="
+                     f"{targets['max_report_tokens']} (counted in {targets['counted_in'].split(',')[0]}) are cut "
+                     "in training, without EOS")
+    return lines

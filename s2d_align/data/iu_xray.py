@@ -29,11 +29,11 @@ from .images import filter_readable, require_image_root
 from .schema import SPLITS, build_dataset_dict, empty_row
 from .summary import SkipLog
 from .text import clean_report_iu_xray, normalise
+from .views import ViewLog
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "iu_xray"
 BUNDLED_ANNOTATION = RESOURCES / "annotation.json"
 BUNDLED_REPORTS = RESOURCES / "NLMCXR_reports.tgz"
-MAX_VIEWS = 4
 IMAGE_HINT = "the R2Gen iu_xray/images folder, or Open-i's NLMCXR_png folder"
 
 
@@ -107,7 +107,7 @@ def xml_number(r2gen_id: str) -> str:
 def load_iu_xray(annotation: str | Path | None = None, reports_tgz: str | Path | None = None,
                  image_root: str | Path | None = None, *, clean: bool = False, missing_images: str = "error",
                  verify_images: bool = True, split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                 seed: int = 0, skipped: SkipLog | None = None) -> DatasetDict:
+                 seed: int = 0, skipped: SkipLog | None = None, views: ViewLog | None = None) -> DatasetDict:
     """IU X-Ray as the project's `DatasetDict` (references and key phrases not yet attached).
 
     - only `annotation` (default: the bundled R2Gen file): its splits and reports;
@@ -115,14 +115,17 @@ def load_iu_xray(annotation: str | Path | None = None, reports_tgz: str | Path |
     - both: FINDINGS from the XML, splits from the annotation (XML studies outside it are skipped).
     `clean` applies R2Gen's `clean_report_iu_xray` (the original goes to `report_raw`).
     Samples with missing/unreadable images raise or are skipped per `missing_images` ("error"/"skip").
+    `views` (a `ViewLog`) sets `max_views`: IU X-Ray records no view positions, so the first images in the
+    source's order are kept (R2Gen's `0.png` is the frontal view).
     """
     skipped = skipped if skipped is not None else SkipLog()
+    views = views if views is not None else ViewLog()
     root = require_image_root(image_root, "IU X-Ray", IMAGE_HINT)
     if reports_tgz is None:
-        rows = _rows_from_annotation(read_annotation(annotation or BUNDLED_ANNOTATION), root, skipped)
+        rows = _rows_from_annotation(read_annotation(annotation or BUNDLED_ANNOTATION), root, skipped, views)
     else:
         splits = read_annotation(annotation) if annotation is not None else None
-        rows = _rows_from_xml(read_xml_reports(reports_tgz), splits, root, split_fractions, seed, skipped)
+        rows = _rows_from_xml(read_xml_reports(reports_tgz), splits, root, split_fractions, seed, skipped, views)
     kept = filter_readable(rows, missing_images, skipped, verify=verify_images, desc="IU X-Ray images")
     if clean:
         for row in kept:
@@ -137,14 +140,15 @@ def _by_split(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def _row(sample_id: str, split: str, report: str, paths: list[Path]) -> dict:
+def _row(sample_id: str, split: str, report: str, paths: list[Path], views: ViewLog) -> dict:
     study = f"CXR{xml_number(sample_id)}" if xml_number(sample_id) else sample_id
     # IU X-Ray: one study per patient, dates removed by de-identification, views not recorded.
-    return empty_row(id=sample_id, subject_id=study, study_id=study, image_paths=[str(p) for p in paths[:MAX_VIEWS]],
-                     view_positions=[""] * min(len(paths), MAX_VIEWS), report=report, _split=split)
+    kept, positions = views.pick(sample_id, [str(p) for p in paths], [""] * len(paths))
+    return empty_row(id=sample_id, subject_id=study, study_id=study, image_paths=kept, view_positions=positions,
+                     report=report, _split=split)
 
 
-def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, skipped: SkipLog) -> list[dict]:
+def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, skipped: SkipLog, views: ViewLog) -> list[dict]:
     rows = []
     for split, entries in splits.items():
         for entry in entries:
@@ -154,12 +158,12 @@ def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, skipped: Sk
             elif not report:
                 skipped.skip("empty findings", sid)
             else:
-                rows.append(_row(sid, split, report, [root / p for p in entry_images(entry)]))
+                rows.append(_row(sid, split, report, [root / p for p in entry_images(entry)], views))
     return rows
 
 
 def _rows_from_xml(reports: dict[str, XmlReport], splits: dict[str, list[dict]] | None, root: Path,
-                   fractions: tuple[float, float, float], seed: int, skipped: SkipLog) -> list[dict]:
+                   fractions: tuple[float, float, float], seed: int, skipped: SkipLog, views: ViewLog) -> list[dict]:
     split_of = {str(e["id"]): s for s, entries in splits.items() for e in entries} if splits else None
     numbers = sorted(reports, key=lambda n: int(n) if n.isdigit() else n)
     random_split = _seeded_splits(numbers, fractions, seed) if split_of is None else {}
@@ -175,7 +179,7 @@ def _rows_from_xml(reports: dict[str, XmlReport], splits: dict[str, list[dict]] 
         elif not report.image_ids:
             skipped.skip("no images listed in the XML", sid)
         else:
-            rows.append(_row(sid, split, report.findings, _xml_image_paths(root, sid, report.image_ids)))
+            rows.append(_row(sid, split, report.findings, _xml_image_paths(root, sid, report.image_ids), views))
     return rows
 
 

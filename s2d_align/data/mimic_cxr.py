@@ -6,10 +6,13 @@ Raw layout under `mimic_root` (PhysioNet's own file names; `.csv.gz` accepted to
     mimic-cxr-2.0.0-split.csv      dicom_id, study_id, subject_id, split (train / validate / test)
     files/p10/p10000032/s50414267.txt                 the free-text report (MIMIC-CXR reports)
     files/p10/p10000032/s50414267/<dicom_id>.jpg      the images (MIMIC-CXR-JPG)
-Raw mode gives one sample per study (id = study id, up to 4 views, frontal first) whose report is the
-FINDINGS section; studies without one are skipped and counted. Annotation mode keeps R2Gen's entries
-(one per image, id = dicom id) and, when `mimic_root` is also given, fills dates and view positions
-from the metadata file.
+Raw mode gives one sample per study (id = study id) whose report is the FINDINGS section as the official
+MIMIC-CXR section parser finds it (`text.extract_findings_section`, its rules listed there); studies
+without one are skipped and counted. Annotation mode (R2Gen's `annotation.json`, the benchmark's split and
+reports: what published tables use) keeps R2Gen's entries (one per image, id = dicom id) and, when
+`mimic_root` is also given, fills dates and view positions from the metadata file.
+In both modes a sample keeps at most `max_views` images, chosen and ordered by the one view rule
+(`processing_s2d.select_views`: frontal first, then lateral); `views` records what was dropped.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from tqdm.auto import tqdm
 
 from .annotation import entry_images, entry_report, read_annotation
 from .images import filter_readable, require_image_root
-from .schema import FRONTAL_VIEWS, SPLITS, build_dataset_dict, empty_row
+from .schema import SPLITS, build_dataset_dict, empty_row
 from .summary import SkipLog
 from .text import clean_report_mimic_cxr, extract_findings_section
+from .views import ViewLog
 
 METADATA = "mimic-cxr-2.0.0-metadata.csv"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv"
-MAX_VIEWS = 4
 SPLIT_NAMES = {"train": "train", "validate": "validation", "val": "validation", "validation": "validation",
                "test": "test"}
 _PATH_IDS = re.compile(r"p(\d+)/s(\d+)/")
@@ -57,14 +60,6 @@ def iso_date(study_date: str) -> str:
     return f"{s[:4]}-{s[4:6]}-{s[6:8]}" if re.fullmatch(r"\d{8}", s) else ""
 
 
-def view_rank(view: str) -> int:
-    """Sort key: frontal views first (PA before AP), then lateral, then the rest."""
-    view = view.upper()
-    if view in FRONTAL_VIEWS:
-        return FRONTAL_VIEWS.index(view)
-    return len(FRONTAL_VIEWS) + (0 if view in ("LATERAL", "LL", "RL") else 1)
-
-
 def study_dir(subject: str, study: str) -> Path:
     return Path("files") / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
 
@@ -72,24 +67,27 @@ def study_dir(subject: str, study: str) -> Path:
 def load_mimic_cxr(annotation: str | Path | None = None, mimic_root: str | Path | None = None,
                    image_root: str | Path | None = None, *, reports_root: str | Path | None = None,
                    clean: bool = False, missing_images: str = "error", verify_images: bool = True,
-                   skipped: SkipLog | None = None) -> DatasetDict:
+                   skipped: SkipLog | None = None, views: ViewLog | None = None) -> DatasetDict:
     """MIMIC-CXR as the project's `DatasetDict` (references and key phrases not yet attached).
 
     `annotation`: R2Gen file (images under `image_root`, R2Gen's `mimic_cxr/images`). Without it,
     `mimic_root` is read in the raw layout (images under `image_root` or else `mimic_root`, reports
     under `reports_root` or else `mimic_root`). `clean` applies R2Gen's `clean_report_mimic_cxr`.
+    `views` (a `ViewLog`) sets `max_views` and records what each sample kept.
     """
     skipped = skipped if skipped is not None else SkipLog()
+    views = views if views is not None else ViewLog()
     if annotation is None and mimic_root is None:
         raise ValueError("MIMIC-CXR is not shipped with s2d-align; pass --annotation PATH (R2Gen annotation.json) "
                          "or --mimic-root DIR (MIMIC-CXR-JPG with its metadata and split CSVs)")
     meta_root = Path(mimic_root).expanduser().resolve() if mimic_root is not None else None
     if annotation is not None:
         root = require_image_root(image_root, "MIMIC-CXR", "the R2Gen mimic_cxr/images folder")
-        rows = _rows_from_annotation(read_annotation(annotation), root, meta_root, skipped)
+        rows = _rows_from_annotation(read_annotation(annotation), root, meta_root, skipped, views)
     else:
         images = require_image_root(image_root or meta_root, "MIMIC-CXR", "the MIMIC-CXR-JPG root")
-        rows = _rows_from_raw(meta_root, images, Path(reports_root).resolve() if reports_root else meta_root, skipped)
+        rows = _rows_from_raw(meta_root, images, Path(reports_root).resolve() if reports_root else meta_root, skipped,
+                              views)
     kept = filter_readable(rows, missing_images, skipped, verify=verify_images, desc="MIMIC-CXR images")
     if clean:
         for row in kept:
@@ -105,7 +103,8 @@ def _metadata(meta_root: Path) -> dict[str, dict]:
     return {r["dicom_id"]: r for r in rows}
 
 
-def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, meta_root: Path | None, skipped: SkipLog) -> list[dict]:
+def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, meta_root: Path | None, skipped: SkipLog,
+                          views: ViewLog) -> list[dict]:
     meta = _metadata(meta_root) if meta_root is not None else {}
     rows = []
     for split, entries in splits.items():
@@ -118,12 +117,11 @@ def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, meta_root: 
                 skipped.skip("empty findings", sid)
                 continue
             subject, study = _entry_ids(entry, paths, f"{split} entry #{index} (id {sid!r})")
-            dicoms = [Path(p).stem for p in paths]
-            info = [meta.get(d, {}) for d in dicoms]
+            info = [meta.get(Path(p).stem, {}) for p in paths]
+            kept, positions = views.pick(sid, [str(root / p) for p in paths], [i.get("ViewPosition", "") for i in info])
             rows.append(empty_row(
                 id=sid, subject_id=subject, study_id=study, study_date=iso_date(info[0].get("StudyDate", "")),
-                image_paths=[str(root / p) for p in paths[:MAX_VIEWS]],
-                view_positions=[i.get("ViewPosition", "") for i in info[:MAX_VIEWS]], report=report, _split=split))
+                image_paths=kept, view_positions=positions, report=report, _split=split))
     return rows
 
 
@@ -140,7 +138,8 @@ def _entry_ids(entry: dict, paths: list[str], where: str) -> tuple[str, str]:
     return str(subject), str(study)
 
 
-def _rows_from_raw(meta_root: Path, image_root: Path, reports_root: Path, skipped: SkipLog) -> list[dict]:
+def _rows_from_raw(meta_root: Path, image_root: Path, reports_root: Path, skipped: SkipLog,
+                   views: ViewLog) -> list[dict]:
     meta = _metadata(meta_root)
     split_rows = read_csv_rows(meta_root, SPLIT_FILE, ("dicom_id", "study_id", "subject_id", "split"))
     studies: dict[tuple[str, str], list[tuple[str, str]]] = defaultdict(list)  # (subject, study) -> [(dicom, split)]
@@ -151,14 +150,14 @@ def _rows_from_raw(meta_root: Path, image_root: Path, reports_root: Path, skippe
         studies[(r["subject_id"], r["study_id"])].append((r["dicom_id"], split))
     rows = []
     for (subject, study), dicoms in tqdm(sorted(studies.items()), desc="MIMIC-CXR studies", disable=len(studies) < 2000):
-        row = _raw_study(subject, study, dicoms, meta, image_root, reports_root, skipped)
+        row = _raw_study(subject, study, dicoms, meta, image_root, reports_root, skipped, views)
         if row is not None:
             rows.append(row)
     return rows
 
 
 def _raw_study(subject: str, study: str, dicoms: list[tuple[str, str]], meta: dict, image_root: Path,
-               reports_root: Path, skipped: SkipLog) -> dict | None:
+               reports_root: Path, skipped: SkipLog, views: ViewLog) -> dict | None:
     report_path = reports_root / f"{study_dir(subject, study)}.txt"
     if not report_path.is_file():
         skipped.skip("missing report file", study)
@@ -167,10 +166,11 @@ def _raw_study(subject: str, study: str, dicoms: list[tuple[str, str]], meta: di
     if not findings:
         skipped.skip("empty findings", study)
         return None
-    views = sorted(dicoms, key=lambda d: (view_rank(meta.get(d[0], {}).get("ViewPosition", "")), d[0]))[:MAX_VIEWS]
-    info = [meta.get(d, {}) for d, _ in views]
-    # One split per study in the official file; if a study ever straddles splits, its first view decides.
+    dicoms = sorted(dicoms)  # the split file's order is arbitrary; dicom ids break ties of the view rule
+    paths = [str(image_root / study_dir(subject, study) / f"{d}.jpg") for d, _ in dicoms]
+    kept, positions = views.pick(study, paths, [meta.get(d, {}).get("ViewPosition", "") for d, _ in dicoms])
+    first = dicoms[paths.index(kept[0])]
+    # One split per study in the official file; if a study ever straddles splits, its first kept view decides.
     return empty_row(
-        id=study, subject_id=subject, study_id=study, study_date=iso_date(info[0].get("StudyDate", "")),
-        image_paths=[str(image_root / study_dir(subject, study) / f"{d}.jpg") for d, _ in views],
-        view_positions=[i.get("ViewPosition", "") for i in info], report=findings, _split=views[0][1])
+        id=study, subject_id=subject, study_id=study, study_date=iso_date(meta.get(first[0], {}).get("StudyDate", "")),
+        image_paths=kept, view_positions=positions, report=findings, _split=first[1])

@@ -1,7 +1,8 @@
 """`s2d prepare`: load a dataset, attach key phrases and stage-2 references, save, summarise.
 
 Output: `DatasetDict.save_to_disk(out_dir)` plus `out_dir/prepare_summary.json` (counts per split,
-skipped samples by reason, reference statistics, and every option used).
+skipped samples by reason, reference statistics, the view rule and the views it dropped, reports longer than
+the model's `max_report_tokens`, and every option used).
 """
 
 from __future__ import annotations
@@ -17,22 +18,29 @@ from .mimic_cxr import load_mimic_cxr
 from .phantom import generate_phantom
 from .references import STRATEGIES, attach_references
 from .summary import SkipLog, write_summary
+from .views import DEFAULT_MAX_VIEWS, ViewLog
 
 DATASETS = ("iu_xray", "mimic_cxr", "phantom")
 DEFAULTS = {
     "annotation": None, "reports_tgz": None, "image_root": None, "mimic_root": None, "reports_root": None,
-    "reference": "same_patient", "keyphrases": None, "clean": False, "missing_images": "error",
+    "reference": None, "keyphrases": None, "clean": False, "missing_images": "error",
     "verify_images": True, "feature_model": None, "features": None, "device": "cpu",
     "rewrite_model": None, "rewrite_cache": None, "num_patients": 200, "seed": 0, "image_size": 128,
-    "num_workers": 0,
+    "num_workers": 0, "max_views": None, "model": None,
 }
+# IU X-Ray has one study per patient: `same_patient` would give every sample an empty reference.
+DEFAULT_REFERENCE = {"iu_xray": "retrieval", "mimic_cxr": "same_patient", "phantom": "same_patient"}
+# Without a model folder, report lengths are counted in words (`_target_lengths`).
+DEFAULT_MAX_REPORT_TOKENS = 256
 
 
 def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     """Build the `DatasetDict` of `dataset` ("iu_xray", "mimic_cxr" or "phantom") into `out_dir`.
 
     Options (all keyword): annotation, reports_tgz, image_root, mimic_root, reports_root; reference
-    ("same_patient" | "retrieval" | "none"); keyphrases ("rules" | "radgraph"; phantom default
+    ("same_patient" | "retrieval" | "none"; default retrieval for IU X-Ray, whose patients have one study each,
+    else same_patient); model (an S2D-Align folder: its `max_views`, tokenizer and `max_report_tokens`);
+    max_views (default: the model's, else `s2d build`'s default 2); keyphrases ("rules" | "radgraph"; phantom default
     "ground_truth"); clean (R2Gen cleaning); missing_images ("error" | "skip"); verify_images;
     feature_model (Dinov2 folder for retrieval features) or features (dict id -> vector, or a callable
     on image paths); rewrite_model / rewrite_cache (optional LLM rewrite of key phrases);
@@ -42,13 +50,16 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     if unknown:
         raise ValueError(f"unknown prepare option {unknown[0]!r}")
     opts = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
+    opts["reference"] = opts["reference"] or DEFAULT_REFERENCE.get(dataset, "same_patient")
     _check_choices(dataset, opts)
     if dataset == "phantom":
         return generate_phantom(out_dir, opts["num_patients"], seed=opts["seed"], image_size=opts["image_size"],
                                 num_workers=opts["num_workers"], reference=opts["reference"],
                                 keyphrases=opts["keyphrases"] or "ground_truth", features=_features(opts))
     skipped = SkipLog()
-    dsd = _load(dataset, opts, skipped)
+    processor = _processor(opts["model"])
+    views = ViewLog(opts["max_views"] or (processor.max_views if processor is not None else DEFAULT_MAX_VIEWS))
+    dsd = _load(dataset, opts, skipped, views)
     if sum(len(ds) for ds in dsd.values()) == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.counts.items()) or "the input has no entries"
         raise ValueError(f"{dataset}: no usable samples ({reasons})")
@@ -62,6 +73,8 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dsd.save_to_disk(str(out))
+    sections["views"] = views.summary([i for ds in dsd.values() for i in ds["id"]])
+    sections["targets"] = _target_lengths(dsd, processor)
     write_summary(out, dsd, _recorded_options(dataset, opts, backend), skipped, references=ref_stats, **sections)
     return dsd
 
@@ -75,13 +88,51 @@ def _check_choices(dataset: str, opts: dict) -> None:
     if opts["keyphrases"] is not None and opts["keyphrases"] not in allowed:
         raise ValueError(f"unknown key-phrase backend {opts['keyphrases']!r}; choose one of {', '.join(allowed)}")
     if dataset != "phantom" and opts["reference"] == "retrieval" and not (opts["feature_model"] or opts["features"]):
+        if dataset == "iu_xray":
+            raise ValueError("IU X-Ray has one study per patient, so its references come from retrieval by default, "
+                             "which needs image features: pass --feature-model PATH (a Dinov2 checkpoint folder, "
+                             "e.g. Rad-DINO), or --reference none to train stage 2 without references")
         raise ValueError("reference strategy 'retrieval' needs image features: pass --feature-model PATH "
                          "(a Dinov2 checkpoint folder)")
 
 
-def _load(dataset: str, opts: dict, skipped: SkipLog) -> DatasetDict:
+def _processor(model):
+    """The S2D-Align processor of a model folder (for its max_views, tokenizer and max_report_tokens), or None."""
+    if model is None:
+        return None
+    from processing_s2d import S2DAlignProcessor
+
+    folder = Path(model)
+    if not (folder / "processor_config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not an S2D-Align model folder (no processor_config.json); pass the "
+                                "folder that `s2d build` wrote")
+    return S2DAlignProcessor.from_pretrained(folder)
+
+
+def _target_lengths(dsd: DatasetDict, processor) -> dict:
+    """Reports longer than `max_report_tokens` per split: training cuts them (and gives them no EOS)."""
+    if processor is not None:
+        by_split = {split: processor.report_truncation(ds["report"]) for split, ds in dsd.items()}
+        unit = "LLM tokens (the model folder's tokenizer)"
+    else:  # every whitespace-separated word is at least one LLM token, so the word count is a lower bound
+        limit = DEFAULT_MAX_REPORT_TOKENS
+        by_split = {}
+        for split, ds in dsd.items():
+            words = [len(r.split()) for r in ds["report"]]
+            by_split[split] = {"reports": len(words), "truncated": sum(n > limit for n in words),
+                               "longest_words": max(words, default=0), "max_report_tokens": limit}
+        unit = ("words, a lower bound of the LLM tokens (a word is at least one token); pass --model DIR for the "
+                "model's exact token counts")
+    limit = next(iter(by_split.values()))["max_report_tokens"] if by_split else DEFAULT_MAX_REPORT_TOKENS
+    return {"max_report_tokens": limit, "counted_in": unit,
+            "truncated": sum(s["truncated"] for s in by_split.values()),
+            "note": "a report longer than max_report_tokens is cut there in training and gets no EOS",
+            "by_split": by_split}
+
+
+def _load(dataset: str, opts: dict, skipped: SkipLog, views: ViewLog) -> DatasetDict:
     common = dict(clean=opts["clean"], missing_images=opts["missing_images"], verify_images=opts["verify_images"],
-                  skipped=skipped)
+                  skipped=skipped, views=views)
     if dataset == "iu_xray":
         return load_iu_xray(opts["annotation"], opts["reports_tgz"], opts["image_root"], seed=opts["seed"], **common)
     return load_mimic_cxr(opts["annotation"], opts["mimic_root"], opts["image_root"],
@@ -130,7 +181,7 @@ def _features(opts: dict):
 
 def _recorded_options(dataset: str, opts: dict, backend: str) -> dict:
     keep = ("annotation", "reports_tgz", "image_root", "mimic_root", "reports_root", "reference", "clean",
-            "missing_images", "verify_images", "feature_model", "rewrite_model", "seed")
+            "missing_images", "verify_images", "feature_model", "rewrite_model", "seed", "model", "max_views")
     recorded = {"dataset": dataset, "keyphrases": backend,
                 **{k: (str(opts[k]) if isinstance(opts[k], Path) else opts[k]) for k in keep}}
     if dataset == "iu_xray" and opts["annotation"] is None and opts["reports_tgz"] is None:

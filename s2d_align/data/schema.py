@@ -3,7 +3,7 @@
 Each split (`train`, `validation`, `test`) of the `DatasetDict` has the columns of `BASE_FEATURES`:
     id              str, unique across the whole DatasetDict
     subject_id      str (patient), study_id str, study_date str (ISO date, "" when unknown)
-    image_paths     list[str], absolute paths, frontal view first, 1..4 views
+    image_paths     list[str], absolute paths, 1..max_views views ordered by the view rule (frontal first)
     view_positions  list[str] ("PA", "LATERAL", ...; "" when unknown), one per image
     report          str, the FINDINGS text, never empty
     reference       str, stage-2 reference report ("" when none); reference_id str ("" when none)
@@ -20,6 +20,8 @@ import json
 from collections.abc import Iterable, Mapping
 
 from datasets import Dataset, DatasetDict, Features, List, Value
+
+from processing_s2d import FRONTAL_VIEWS  # noqa: F401  (re-exported; the view rule is processing_s2d.select_views)
 
 from ..labeler.rules import OBSERVATIONS
 
@@ -44,8 +46,6 @@ BASE_FEATURES = Features(
     }
 )
 
-# Frontal views sort first: the processor treats image_paths[0] as the primary view.
-FRONTAL_VIEWS = ("PA", "AP", "AP AXIAL", "PA LLD", "AP LLD", "AP RLD", "PA RLD")
 
 
 def empty_row(**values) -> dict:

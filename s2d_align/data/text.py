@@ -51,17 +51,72 @@ def clean_report_mimic_cxr(report: str) -> str:
     return _r2gen_sentences(_numbering(t).strip().lower().split(". "))
 
 
-# A section header: upper-case words at the start of a line, then a colon ("FINDINGS:", "PA AND LATERAL:").
-_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z0-9 ,&/()'-]*?)[ \t]*:", re.MULTILINE)
-_FINDINGS = re.compile(r"^FINDINGS?(?: AND IMPRESSIONS?)?$|^FINDINGS?/IMPRESSIONS?$")
+# -- MIMIC-CXR sections, by the rules of the official parser ----------------------------------------------------------
+# PhysioNet's mimic-cxr repository, txt/section_parser.py (`section_text`, `normalize_section_names`) and
+# txt/create_section_files.py (which section it keeps). Re-implemented from its rules, listed in
+# `extract_findings_section`; only what decides the FINDINGS text is needed here.
+_SECTION_HEADER = re.compile(r"\n (?P<name>[A-Z ()/,-]+):\s")
+# names (lower case) that are FINDINGS by the official table: the header itself, its misspellings, and two variants
+_FINDINGS_NAMES = frozenset({
+    "findings", "finding", "findins", "findindgs", "findgings", "findngs", "findnings", "finidngs",
+    "reference findings", "chest, two views"})
+# a name that is none of these main sections but describes the views / the exam is FINDINGS
+_MAIN_SECTIONS = ("impression", "findings", "history", "comparison", "addendum")
+_VIEW_PHRASES = re.compile(
+    "chest|portable|pa and lateral|lateral and pa|ap and lateral|lateral and ap|frontal and|two views|frontal view"
+    "|pa view|ap view|one view|lateral view|bone window|frontal upright|frontal semi-upright|ribs|pa and lat")
+
+
+def is_findings_header(name: str) -> bool:
+    """Whether a section header (without its colon) is a FINDINGS header under the official name normalisation."""
+    name = name.lower().strip()
+    if name in _FINDINGS_NAMES:
+        return True
+    main = next((m for m in _MAIN_SECTIONS if m in name), None)
+    if main is not None:  # "impression" is tested first: "FINDINGS AND IMPRESSION" is an impression
+        return main == "findings"
+    return _VIEW_PHRASES.search(name) is not None
+
+
+def report_sections(text: str) -> list[tuple[str, str]]:
+    """`(header, text)` of each section of a MIMIC-CXR report, in order; the text before the first header is
+    `("", preamble)`. Headers as the official parser finds them (rules 1-2 of `extract_findings_section`)."""
+    text = text.replace("\r\n", "\n")
+    header = _SECTION_HEADER.search(text)
+    if header is None:
+        return [("", text)]
+    sections = [("", text[: header.start("name")])]
+    while header is not None:
+        start = header.end()
+        line_end = text.find("\n", start)
+        following = _SECTION_HEADER.search(text, line_end if line_end >= 0 else start)
+        sections.append((header.group("name").strip(), text[start: following.start() if following else len(text)]))
+        header = following
+    return sections
 
 
 def extract_findings_section(text: str) -> str:
-    """The FINDINGS section of a free-text report (MIMIC-CXR style), whitespace-normalised; "" if the
-    report has no FINDINGS header. The section ends at the next upper-case header (e.g. IMPRESSION:)."""
-    headers = list(_HEADER.finditer(text))
-    for i, match in enumerate(headers):
-        if _FINDINGS.match(match.group(1).strip()):
-            end = headers[i + 1].start() if i + 1 < len(headers) else len(text)
-            return normalise(text[match.end():end])
-    return ""
+    """The FINDINGS section of a MIMIC-CXR free-text report, whitespace-normalised; "" when it has none.
+
+    The official MIMIC-CXR section parser's rules (PhysioNet mimic-cxr, txt/section_parser.py and
+    txt/create_section_files.py, whose `findings` column this reproduces):
+      1. A header is an upper-case name (letters, spaces and ( ) / , -; no digits) at the start of a line that
+         begins with a space (every line of a MIMIC-CXR report does), then a colon and one whitespace
+         character. A header on the report's very first line, or a line without the leading space, is text.
+      2. A section runs from its header to the next header. The next header is looked for from the first line
+         break after the section's text starts: when a header's colon is followed directly by a line break, a
+         header on the very next line is text of the section ("FINDINGS:\n PORTABLE AP: ..." keeps
+         "PORTABLE AP: ..." as FINDINGS text).
+      3. Header names are normalised: lower case, stripped; a table maps known names and misspellings
+         ("FINDING:", "FINDINS:", "REFERENCE FINDINGS:", "CHEST, TWO VIEWS:" ...) to FINDINGS.
+      4. A name not in the table is the first of impression, findings, history, comparison, addendum that it
+         contains; one containing none of them but describing the exam ("PA AND LATERAL VIEWS OF THE CHEST:",
+         "PORTABLE AP CHEST:", "...TWO VIEWS:", "RIBS:" ...) is FINDINGS.
+      5. "FINDINGS AND IMPRESSION:" and "FINDINGS/IMPRESSION:" are IMPRESSION (table, and rule 4 tests impression
+         first): a report whose only findings are under such a header has no FINDINGS section.
+      6. Empty FINDINGS sections are dropped; of several FINDINGS sections the last one wins.
+    Not reproduced: the official script's hand-made overrides for a few dozen named studies (they concern its
+    IMPRESSION extraction; it leaves those studies out of its sectioned file altogether).
+    """
+    found = [body for name, body in report_sections(text)[1:] if is_findings_header(name) and body.strip()]
+    return normalise(found[-1]) if found else ""

@@ -19,6 +19,10 @@ because every rank must run the same submodules each step (ZeRO-3 gathers a modu
 runs; DDP expects the same parameters to receive gradients on every rank): it is keyed by (seed, epoch, index of the
 batch in the epoch), which every rank knows without communicating, and after a resume the skipped batches are
 counted in (`EpochCallback`), so a resumed run draws exactly as an uninterrupted one.
+
+Views: a study with more images than the model's `max_views` is cut by the one view rule (`processing_s2d.select_views`,
+frontal first, then lateral), from the rows' `view_positions`, inside the processor. Targets: a report longer than
+`max_report_tokens` is cut without EOS (`S2DAlignProcessor.report_ids`); `truncated_reports` counts them.
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ class S2DAlignCollator:
             pixels / reference token ids (key phrases are sampled per step, so they are always encoded live).
         modality_dropout: probability that a training batch drops to the image-only prompt (ours, not the
             paper's; 0 = off). See the module docstring for why it is drawn per batch.
+
+    `truncated_reports` / `collated_reports`: running counts of the targets this collator cut at
+    `max_report_tokens` (no EOS) and of all targets it built (in the process that runs it: the main process with
+    `dataloader_num_workers=0`; for a whole split at once use `processor.report_truncation(reports)`).
     """
 
     processor: object
@@ -80,6 +88,8 @@ class S2DAlignCollator:
     features: object = None
     modality_dropout: float = 0.0
     batch_offset: int = 0  # batches of this epoch skipped by a resume (set by EpochCallback)
+    truncated_reports: int = 0
+    collated_reports: int = 0
 
     def __post_init__(self):
         self.modalities = tuple(self.modalities)
@@ -114,10 +124,21 @@ class S2DAlignCollator:
         references = ([r.get("reference") or "" for r in rows] if "reference" in modalities else None)
         phrases = self.key_phrases(rows) if "keyphrases" in modalities else None
         if self.features is None:
-            batch = self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
-                                   references=references, key_phrases=phrases)
-            return dict(batch)
-        return self._from_cache(rows, reports, references, phrases, modalities)
+            batch = dict(self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
+                                        references=references, key_phrases=phrases,
+                                        view_positions=[r.get("view_positions") for r in rows]))
+        else:
+            batch = self._from_cache(rows, reports, references, phrases, modalities)
+        self._count_truncated(batch["labels"])
+        return batch
+
+    def _count_truncated(self, labels: torch.Tensor) -> None:
+        """A target ends with EOS unless it was cut at `max_report_tokens`."""
+        eos = self.processor.tokenizer.eos_token_id
+        for row in labels:
+            target = row[row != -100]
+            self.truncated_reports += int(len(target) > 0 and int(target[-1]) != eos)
+        self.collated_reports += len(labels)
 
     # -- cached features ---------------------------------------------------------------------------------------------
     def _from_cache(self, rows, reports, references, phrases, modalities) -> dict[str, torch.Tensor]:

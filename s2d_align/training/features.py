@@ -48,6 +48,7 @@ from transformers import MODEL_MAPPING
 
 from configuration_s2d import S2DAlignConfig
 from modeling_s2d import S2DAlignModel
+from processing_s2d import VIEW_RULE
 
 from .zero import outside_zero_init
 
@@ -153,6 +154,7 @@ def cache_manifest(config: S2DAlignConfig, encoder_digest: str, processor, dtype
         "image_processor": processor.image_processor.to_dict(),
         "text_encoder_tokenizer_sha256": _tokenizer_identity(processor.text_encoder_tokenizer),
         "max_context_tokens": processor.max_context_tokens,
+        "max_views": processor.max_views, "view_rule": VIEW_RULE,  # which views of a study are encoded
         "dtype": dtype,
     }
 
@@ -172,7 +174,8 @@ def _file_stamp(path: str) -> list:
 
 def shard_fingerprint(rows: list[dict], with_references: bool) -> str:
     return _sha([[r["id"], r["image_paths"], [_file_stamp(p) for p in r["image_paths"]],
-                  (r.get("reference") or "") if with_references else None] for r in rows])
+                  (r.get("reference") or "") if with_references else None, r.get("view_positions") or []]
+                 for r in rows])
 
 
 def _read_metadata(path: Path) -> dict | None:
@@ -197,8 +200,9 @@ class _Batches(torch.utils.data.Dataset):
     def __getitem__(self, index):
         job, chunk = self.items[index]
         refs = [r.get("reference") or "" for r in chunk] if self.with_references else None
+        views = [r.get("view_positions") for r in chunk]  # the one view rule cuts studies beyond max_views
         return job, [r["id"] for r in chunk], dict(self.processor(images=[list(r["image_paths"]) for r in chunk],
-                                                                   references=refs))
+                                                                   references=refs, view_positions=views))
 
 
 @torch.no_grad()
@@ -370,7 +374,9 @@ def _plan_shards(root: Path, splits: dict, shard_size: int, with_references: boo
     seen, plan = {}, []
     columns = ["id", "image_paths"] + (["reference"] if with_references else [])
     for split, dataset in splits.items():
-        rows = dataset.select_columns(columns).to_list()
+        # the view positions decide which views of a study the view rule keeps
+        names = columns + (["view_positions"] if "view_positions" in dataset.column_names else [])
+        rows = dataset.select_columns(names).to_list()
         for row in rows:  # the collator looks features up by id, so an id must name one sample
             if seen.setdefault(row["id"], split) != split:
                 raise ValueError(f"sample id {row['id']!r} appears in splits {seen[row['id']]!r} and {split!r}; "

@@ -57,15 +57,7 @@ def load_splits(dataset_path, spec: StageSpec, splits: dict[str, str]) -> dict:
     return out
 
 
-def count_truncated(dataset, processor, batch_size: int = 4096) -> int:
-    """How many reports of `dataset` are longer than the processor's `max_report_tokens` (they are cut in training).
-
-    Counted from the data with the processor's own tokenizer, the way `report_ids` tokenizes a target (stripped, no
-    special tokens). Fast tokenizers take a few seconds per 100k reports."""
-    limit, count = processor.max_report_tokens, 0
-    reports = dataset["report"]
-    for start in range(0, len(reports), batch_size):
-        chunk = [r.strip() for r in reports[start: start + batch_size] if isinstance(r, str)]
-        ids = processor.tokenizer(chunk, add_special_tokens=False)["input_ids"]
-        count += sum(len(row) > limit for row in ids)
-    return count
+def count_truncated(dataset, processor) -> int:
+    """How many reports of `dataset` are longer than the processor's `max_report_tokens` (they are cut in training,
+    without EOS): `S2DAlignProcessor.report_truncation` on the split's reports."""
+    return processor.report_truncation(dataset["report"])["truncated"]
