@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .context import NEGATIVE, POSITIVE, UNCERTAIN, mention_status
-from .phrases import OBSERVATIONS, mention_patterns, unmention_patterns
+from .phrases import OBSERVATIONS, mention_index, unmention_index
 
 __all__ = ["OBSERVATIONS", "Mention", "split_sentences", "extract_mentions", "label_report",
            "POSITIVE", "NEGATIVE", "UNCERTAIN"]
@@ -55,19 +56,30 @@ def split_sentences(text: str) -> list[str]:
 
 def _lower(text: str) -> str:
     """Lower-case without changing the length (a few non-ASCII letters grow when lowered)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
-def _matches(probe: str, observation: str) -> list[tuple[int, int]]:
-    """Spans in ``probe`` (sentence padded by one space each side) of the observation's phrases,
+def _candidates(probe: str, index: dict[str, tuple]) -> dict[str, list[tuple[str, re.Pattern]]]:
+    """The patterns whose literal anchor occurs in ``probe``, by observation (a pattern without its
+    anchor cannot match: skipping it only saves time)."""
+    out: dict[str, list[tuple[str, re.Pattern]]] = {}
+    for gram in {probe[i:i + 3] for i in range(len(probe) - 2)} & index.keys():
+        for obs, anchor, pattern in index[gram]:
+            if anchor in probe:
+                out.setdefault(obs, []).append((anchor, pattern))
+    return out
+
+
+def _matches(probe: str, patterns, unmention_patterns) -> list[tuple[int, int]]:
+    """Spans in ``probe`` (sentence padded by one space each side) of an observation's phrases,
     less those overlapping an unmention phrase, trimmed of the padding spaces."""
-    unmentions = [m.span() for p in unmention_patterns().get(observation, ()) for m in p.finditer(probe)]
     spans = []
-    for pattern in mention_patterns()[observation]:
+    for _, pattern in patterns:
         for m in pattern.finditer(probe):
             start, end = m.span()
-            if any(start < u_end and end > u_start for u_start, u_end in unmentions):
-                continue
             while start < end and probe[start] == " ":
                 start += 1
             while end > start and probe[end - 1] == " ":
@@ -78,8 +90,11 @@ def _matches(probe: str, observation: str) -> list[tuple[int, int]]:
             while end < len(probe) - 1 and probe[end].isalnum():
                 end += 1
             if end > start:
-                spans.append((start - 1, end - 1))
-    return _drop_nested(spans)
+                spans.append((m.start(), m.end(), start - 1, end - 1))
+    unmentions = [m.span() for _, p in unmention_patterns for m in p.finditer(probe)]
+    kept = [(s, e) for ms, me, s, e in spans
+            if not any(ms < u_end and me > u_start for u_start, u_end in unmentions)]
+    return _drop_nested(kept)
 
 
 def _drop_nested(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -91,15 +106,32 @@ def _drop_nested(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return sorted(kept)
 
 
+_PUNCT = re.compile(r"[^\w\s-]")
+
+
 def _sentence_mentions(sentence: str) -> list[Mention]:
+    return list(_cached_sentence_mentions(sentence))
+
+
+@lru_cache(maxsize=1 << 16)
+def _cached_sentence_mentions(sentence: str) -> tuple[Mention, ...]:
+    """Reports repeat template sentences ("No pneumothorax."): each distinct one is labelled once."""
     low = _lower(sentence)
     # punctuation -> space (same length) so that "_line_" matches "line." as it matches "line "
-    probe = " " + re.sub(r"[^\w\s-]", " ", low) + " "
+    probe = " " + _PUNCT.sub(" ", low) + " "
+    found_patterns = _candidates(probe, mention_index())
+    unmentions = _candidates(probe, unmention_index()) if found_patterns else {}
+    spans = [(start, end, obs) for obs in OBSERVATIONS if obs in found_patterns
+             for start, end in _matches(probe, found_patterns[obs], unmentions.get(obs, ()))]
     found = []
-    for obs in OBSERVATIONS:
-        for start, end in _matches(probe, obs):
-            found.append(Mention(obs, mention_status(low, start, end), sentence, start, end))
-    return sorted(found, key=lambda m: (m.start, OBSERVATIONS.index(m.observation)))
+    for start, end, obs in spans:
+        if re.match(r"non-?[a-z]", low[start:end]) and not obs == NO_FINDING:
+            status = NEGATIVE  # "nonconsolidating airspace disease" denies the consolidation
+        else:
+            status = mention_status(low, start, end, spans, obs)
+        if status is not None:
+            found.append(Mention(obs, status, sentence, start, end))
+    return tuple(sorted(found, key=lambda m: (m.start, OBSERVATIONS.index(m.observation))))
 
 
 def extract_mentions(text: str) -> list[Mention]:
