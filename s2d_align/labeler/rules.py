@@ -9,13 +9,14 @@ published; its NegBio dependency-graph negation/uncertainty step is replaced by 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
 from .context import NEGATIVE, POSITIVE, UNCERTAIN, mention_status
 from .phrases import OBSERVATIONS, mention_index, unmention_index
 
-__all__ = ["OBSERVATIONS", "Mention", "split_sentences", "extract_mentions", "label_report",
+__all__ = ["OBSERVATIONS", "Mention", "split_sentences", "extract_mentions", "label_report", "looks_r2gen_cleaned",
            "POSITIVE", "NEGATIVE", "UNCERTAIN"]
 
 NO_FINDING = "No Finding"
@@ -167,6 +168,27 @@ def aggregate(mentions: list[Mention]) -> dict[str, int | None]:
     return labels
 
 
+# R2Gen's cleaning lower-cases, drops , ; : ( ) and joins sentences with " . ": what is left is a
+# run of lower-case words and " ." marks. Such text loses the clause boundaries negation scope needs.
+_R2GEN_CLEANED = re.compile(r"[^A-Z,;:()]*\S \.")
+_warned_cleaned = False
+
+
+def looks_r2gen_cleaned(text: str) -> bool:
+    """True for text that looks like R2Gen's ``clean_report_*`` output ("no pneumothorax small effusion .")."""
+    text = text.strip()
+    return len(text.split()) >= 3 and bool(_R2GEN_CLEANED.fullmatch(text))
+
+
 def label_report(text: str) -> dict[str, int | None]:
-    """The 14 CheXpert labels of one report (1 positive, 0 negative, -1 uncertain, None unmentioned)."""
+    """The 14 CheXpert labels of one report (1 positive, 0 negative, -1 uncertain, None unmentioned).
+
+    Give it the raw report. R2Gen-cleaned text is labelled too (a new finding after another one ends a
+    negation's reach even without the comma), with a warning the first time one is seen."""
+    global _warned_cleaned
+    if not _warned_cleaned and looks_r2gen_cleaned(text):
+        _warned_cleaned = True
+        warnings.warn("labelling text that looks R2Gen-cleaned (lower case, no commas, ' . ' between sentences): "
+                      "clause boundaries are gone, so negation scope is guessed; label the raw reports where you "
+                      "have them (s2d prepare keeps them in report_raw)", UserWarning, stacklevel=2)
     return aggregate(extract_mentions(text))
