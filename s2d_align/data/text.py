@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 
 # One implementation of R2Gen's cleaning in the package: the one the metrics score with.
-from ..metrics.text import clean_report_iu_xray, clean_report_mimic_cxr  # noqa: F401
+from ..metrics.text import clean_report_iu_xray, clean_report_mimic_cxr
+
+__all__ = ["normalise", "clean_report_iu_xray", "clean_report_mimic_cxr", "extract_findings_section"]
 
 
 def normalise(text: str) -> str:

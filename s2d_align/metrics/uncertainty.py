@@ -31,7 +31,6 @@ test (each study's two outputs swapped with probability 1/2; two-sided p = (1 + 
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -335,7 +334,7 @@ def compare_systems(nlg_a: NLGStats | None, nlg_b: NLGStats | None, ce_a: CEStat
     swap = rng.integers(0, 2, size=(trials, n)).astype(float)
     zero_swap, all_swap = np.zeros((1, n)), np.ones((1, n))
 
-    def headline(swap_matrix, weights=None):
+    def headline(swap_matrix):
         nlg = _mixed_nlg(nlg_a, nlg_b, swap_matrix) if nlg_a is not None and nlg_b is not None else None
         ce = _MixedCE(ce_a, ce_b, swap_matrix).values() if ce_a is not None and ce_b is not None else None
         return _headline(nlg, ce)
