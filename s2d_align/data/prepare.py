@@ -188,7 +188,9 @@ def _recorded_options(dataset: str, opts: dict, backend: str) -> dict:
         from .iu_xray import BUNDLED_ANNOTATION
 
         recorded["annotation"] = f"{BUNDLED_ANNOTATION} (bundled R2Gen split)"
-    recorded["report_text"] = "cleaned (R2Gen clean_report_*); original in report_raw" if opts["clean"] else "raw FINDINGS"
+    # s2d eval labels (and scores through R2Gen's cleaner of `dataset`) report_raw when it exists
+    recorded["report_text"] = ("cleaned (R2Gen clean_report_*); original in report_raw, which is what gets labelled"
+                               if opts["clean"] else "raw FINDINGS")
     if opts["features"] is not None:
         recorded["features"] = "given by the caller"
     return recorded

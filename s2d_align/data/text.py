@@ -9,46 +9,16 @@ from __future__ import annotations
 
 import re
 
+# One implementation of R2Gen's cleaning in the package: the one the metrics score with.
+from ..metrics.text import clean_report_iu_xray, clean_report_mimic_cxr
+
+__all__ = ["normalise", "clean_report_iu_xray", "clean_report_mimic_cxr", "extract_findings_section", "is_findings_header",
+           "report_sections"]
+
 
 def normalise(text: str) -> str:
     """Collapse all whitespace runs to one space and strip: the comparison form of a report."""
     return " ".join(text.split())
-
-
-# R2Gen's character class, kept verbatim: ":-\[" is a range (":" .. "["), so it also strips ;<=>?@
-# (and upper-case letters, which are already lower-cased by then).
-_R2GEN_STRIP = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
-
-
-def _r2gen_sentences(sentences: list[str]) -> str:
-    def sent_cleaner(t: str) -> str:
-        return _R2GEN_STRIP.sub("", t.replace('"', "").replace("/", "").replace("\\", "").replace("'", "").strip().lower())
-
-    # R2Gen filters with `sent_cleaner(sent) != []`, which is always true: empty sentences are kept.
-    return " . ".join(sent_cleaner(s) for s in sentences) + " ."
-
-
-def _numbering(t: str) -> str:
-    t = t.replace("1. ", "").replace(". 2. ", ". ").replace(". 3. ", ". ").replace(". 4. ", ". ").replace(". 5. ", ". ")
-    return t.replace(" 2. ", ". ").replace(" 3. ", ". ").replace(" 4. ", ". ").replace(" 5. ", ". ")
-
-
-def clean_report_iu_xray(report: str) -> str:
-    """R2Gen's IU X-Ray cleaning: lower case, punctuation stripped, sentences joined by " . "."""
-    t = report.replace("..", ".").replace("..", ".").replace("..", ".")
-    return _r2gen_sentences(_numbering(t).strip().lower().split(". "))
-
-
-def clean_report_mimic_cxr(report: str) -> str:
-    """R2Gen's MIMIC-CXR cleaning (as IU, plus newline, underscore and double-space collapsing)."""
-    t = report.replace("\n", " ")
-    for _ in range(7):
-        t = t.replace("__", "_")
-    for _ in range(6):
-        t = t.replace("  ", " ")
-    for _ in range(8):
-        t = t.replace("..", ".")
-    return _r2gen_sentences(_numbering(t).strip().lower().split(". "))
 
 
 # -- MIMIC-CXR sections, by the rules of the official parser ----------------------------------------------------------

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from .rules import (NEGATIVE, OBSERVATIONS, POSITIVE, UNCERTAIN, Mention, aggregate,
-                    extract_mentions, label_report, split_sentences)
+                    extract_mentions, label_report, looks_r2gen_cleaned, split_sentences)
 
 __all__ = ["OBSERVATIONS", "Mention", "split_sentences", "extract_mentions", "label_report",
-           "aggregate", "label_reports", "get_labeler", "LABELERS", "POSITIVE", "NEGATIVE", "UNCERTAIN"]
+           "aggregate", "label_reports", "looks_r2gen_cleaned", "get_labeler", "LABELERS", "POSITIVE", "NEGATIVE", "UNCERTAIN"]
 
 LABELERS = ("rules", "chexbert")
 

@@ -40,6 +40,8 @@ def _cues(*patterns: str) -> tuple[re.Pattern, ...]:
 
 
 _EXCLUDED = r"(?:be )?(?:\w+ly )?(?:excluded|ruled out)\b"
+# "nearly resolved", "near-complete resolution": something is left, so no negation (our addition)
+_NOT_NEARLY = r"(?<!nearly )(?<!almost )(?<!near-complete )(?<!partially )(?<!partial )(?<!incomplete )"
 # --- pre-negation uncertainty (checked first) ---
 _PRE_UNC_FWD = _cues(
     r"\b(?:cannot|can ?not|could not|can't|difficult to|unable to) (?:\w+ly )?(?:exclude|rule out)\b",
@@ -48,25 +50,33 @@ _PRE_UNC_FWD = _cues(
 )
 _PRE_UNC_BWD = _cues(
     r"\b(?:cannot|can ?not|could not|can't|may not|not) " + _EXCLUDED,
-    r"\b(?:not (?:well|clearly)|poorly|incompletely)[ -](?:seen|visualized|evaluated|assessed)\b",
+    r"\b(?:not (?:well|clearly|as well)|poorly|incompletely)[ -](?:seen|visualized|evaluated|assessed|"
+    r"demonstrated)\b",
+    # "fractures may not be demonstrated": CheXpert's "XXX is not clearly seen" family
+    r"\b(?:may|might|could|would) not be (?:\w+ )?(?:seen|visualized|demonstrated|visible|apparent|detected)\b",
     r"\bobscur(?:ed|es|ing)\b",
     r"\bnot appreciated\b",
 )
 # --- negation ---
 _NEG_FWD = _cues(
     # "no change in the mediastinum" does not negate the mediastinum; "no new X" is uncertain
-    r"\bno\b(?! (?:\w+ )?(?:change|changed|longer|new)\b)",
-    r"\bnot\b(?! (?:\w+ )?(?:change|changed)\b)",
-    r"\b(?:without|nor|negative for|free (?:of|from)|absence of|absent|rather than|resolution of|"
-    r"resolved|removal of|removed|clear(?:ed|ing)? of|history of|disappearance of|drainage of|"
-    r"exclude[sd]?|rule[sd]? out)\b",
+    # "no (significant) interval change in the effusion" says the effusion is still there: CheXpert's
+    # own rules read "no change" as a statement about change (post_negation_uncertainty.txt), and
+    # its negation patterns never negate what did not change
+    r"\bno\b(?! (?:\w+ ){0,2}(?:change|changed|longer|new)\b)",
+    r"\bnot\b(?! (?:\w+ ){0,2}(?:change|changed)\b)",
+    r"\bwithout\b(?! (?:\w+ ){0,2}change)",
+    r"\b(?:nor|negative for|free (?:of|from)|absence of|absent|rather than|removal of|removed|"
+    r"clear(?:ed|ing)? of|history of|disappearance of|drainage of|exclude[sd]?|rule[sd]? out)\b",
+    _NOT_NEARLY + r"\b(?:resolution of|resolved)\b",
 )
 _NEG_NEAR_FWD = _cues(r"\b(?:normal|unremarkable)\b")  # "normal heart size": an adjective's reach
 _NEG_BWD = _cues(
     r"\b(?:normal|unremarkable|wnl)\b",
     r"\bnot (?:\w+ )?(?:enlarged|seen|identified|present|evident|visualized|visible|demonstrated|"
     r"noted|detected|shown)\b",
-    r"\b(?:resolved|cleared|removed|absent)\b",
+    _NOT_NEARLY + r"\b(?:resolved|cleared)\b",
+    r"\b(?:removed|absent)\b",
     r"\bno longer\b",
     r"\b(?:is|are|was|were) (?:negative|excluded)\b",
     r"\bruled out\b",
@@ -77,6 +87,9 @@ _UNC_FWD = _cues(
     r"question of|suspect(?:ed)?|suspicious|suspicion|suggestion of|suggestive of|suggest(?:s|ing)?|"
     r"concern(?:ing)? for|worrisome|may|might|could|would|maybe|differential|"
     r"consider(?:ed)?|favou?r(?:ed|s)?|equivocal|indeterminate|less likely|correlat(?:e|ion))\b",
+    # looking for it is not finding it: "evaluation for pneumothorax is limited", "for evaluation of
+    # fractures" (CheXpert: "correlate clinically for XXX")
+    r"\b(?:evaluat\w* for|for evaluation of|to evaluate)\b",
 )
 _UNC_NEAR_FWD = _cues(r"\bborderline\b", r"\b(?:versus|vs)\b")
 # "atelectasis or consolidation": "or" joins two findings, so only an adjacent one (one word apart)
@@ -89,8 +102,92 @@ _UNC_BWD = _cues(
 _UNC_NEAR_BWD = _cues(r"\bborderline\b", r"\b(?:versus|vs)\b")
 # CheXpert (post_negation_uncertainty.txt) keeps these Edema mentions uncertain unless negated
 _ALWAYS_UNCERTAIN = re.compile(r"vascular congestion|pulmonary congestion|indistinctness|vascular prominence")
-_STABLE_FWD = _cues(r"\b(?:stable|unchanged|no (?:\w+ )?change)\b")
-_STABLE_BWD = _cues(r"\b(?:stable|unchanged|not changed|similar|in the interval)\b")
+_STABLE_FWD = _cues(r"\b(?:stable|unchanged|(?:no|without) (?:\w+ ){0,2}change)\b")
+# CheXpert's lemmas (stable, unchanged, change + negation, similar). "in the interval" alone is not
+# one: it made IU's masked template "The heart and lungs have XXXX XXXX in the interval" uncertain.
+_STABLE_BWD = _cues(r"\b(?:stable|unchanged|not (?:\w+ )?changed|similar)\b")
+
+
+# A comma-list item (or, in R2Gen-cleaned text with its commas gone, the words after another finding)
+# that starts with one of these is a new finding, not one more thing the "no" denies: "no focal
+# consolidation, moderate left effusion", "no pneumothorax small effusion". NegBio gets this from the
+# parse; we need the words. A list closed by "or"/"nor" after the mention is still one list ("no
+# pneumothorax, large effusion, or consolidation").
+_NEW_ITEM = re.compile(
+    r"[\s,]*(?:with|small|moderate|moderately|large|mild|mildly|minimal|trace|tiny|severe|marked|markedly|"
+    r"extensive|new|increased|increasing|worsening|worsened|persistent|persisting|stable|unchanged|"
+    r"residual|slight|slightly|subtle|patchy|left|right|bilateral|bibasilar|there)\b")
+_LIST_GOES_ON = re.compile(r"\s*(?:,[^,;:]*?)*,?\s*\b(?:or|nor)\b")
+_PREDICATE_GAP = re.compile(r"\s*$")
+
+
+class _Context:
+    """One mention in its sentence (lower-cased), with the spans of every other mention in it."""
+
+    def __init__(self, sentence: str, start: int, end: int, others, observation: str | None):
+        self.s, self.start, self.end, self.obs = sentence, start, end, observation
+        # other mentions, not overlapping this one: (start, end, observation)
+        self.others = [o for o in others if o[1] <= start or o[0] >= end]
+        self.left, self.right = clause_bounds(sentence, start, end)
+
+    def other_inside(self, lo: int, hi: int) -> bool:
+        return any(lo <= a and b <= hi for a, b, _ in self.others)
+
+    def new_item_between(self, lo: int) -> bool:
+        """Does a new finding start between position ``lo`` (a cue's end) and the mention?"""
+        window = self.s[lo:self.start]
+        cuts = [lo + i + 1 for i, c in enumerate(window) if c == ","]
+        cuts += [b for a, b, _ in self.others if lo <= a and b <= self.start]
+        if not cuts or _LIST_GOES_ON.match(self.s, self.end, self.right):
+            return False
+        # once a new finding has started, the list is over for everything after it, unless an
+        # "or"/"nor" later joins the mention to it ("no X, large Y, or Z": Z is still denied)
+        return any(_NEW_ITEM.match(self.s, cut, self.start) and not re.search(r"\b(?:or|nor)\b", self.s[cut:self.start])
+                   for cut in cuts)
+
+    def forward(self, cues, ok, near: bool = False, adjective: bool = False) -> bool:
+        pre = self.s[self.left:self.start]
+        for cue in cues:
+            for m in cue.finditer(pre):
+                lo = self.left + m.end()
+                if not ok(pre[m.end():]) or self.new_item_between(lo):
+                    continue
+                if near and self.other_inside(lo, self.start):
+                    continue
+                if adjective and self._predicative(self.left + m.start(), lo):
+                    continue
+                return True
+        return False
+
+    def _predicative(self, cue_start: int, cue_end: int) -> bool:
+        """R2Gen-cleaned "heart size normal small effusion": "normal" is said of the mention right
+        before it, and a new finding follows."""
+        return bool(_NEW_ITEM.match(self.s, cue_end, self.start)) and any(
+            b <= cue_start and _PREDICATE_GAP.match(self.s[b:cue_start]) for _, b, _ in self.others)
+
+    def backward(self, cues, ok, near: bool = False) -> bool:
+        post = self.s[self.end:self.right]
+        for cue in cues:
+            for m in cue.finditer(post):
+                if ok(post[: m.start()]) and not (near and self.other_inside(self.end, self.end + m.start())):
+                    return True
+        return False
+
+    def alternative(self) -> bool:
+        """CheXpert's "XXX or YYY": uncertain when "or" joins this mention to another finding
+        ("atelectasis or pneumonia"; not "acute or subacute fracture"). Two devices ("ICD or
+        pacemaker") are a device either way."""
+        for m in _OR[0].finditer(self.s, self.left, self.right):
+            if m.end() <= self.start and len(self.s[m.end():self.start].split()) <= 1:
+                partners = [o for o in self.others if o[1] <= m.start()
+                            and len(self.s[o[1]:m.start()].split()) <= 2 and "," not in self.s[o[1]:m.start()]]
+            elif m.start() >= self.end and len(self.s[self.end:m.start()].split()) <= 1 and "," not in self.s[self.end:m.start()]:
+                partners = [o for o in self.others if o[0] >= m.end() and len(self.s[m.end():o[0]].split()) <= 2]
+            else:
+                continue
+            if any(not (self.obs == o[2] == "Support Devices") for o in partners):
+                return True
+        return False
 
 
 def clause_bounds(text: str, start: int, end: int) -> tuple[int, int]:
@@ -137,33 +234,37 @@ def _near_backward_ok(window: str, max_words: int = 4) -> bool:
     return len(window.split()) <= max_words and "," not in window
 
 
-def _hit_forward(pre: str, cues, ok) -> bool:
-    return any(ok(pre[m.end():]) for cue in cues for m in cue.finditer(pre))
+def mention_status(sentence: str, start: int, end: int, others=(), observation: str | None = None) -> int | None:
+    """Status of the mention at ``sentence[start:end]``; ``sentence`` must be lower-cased.
 
-
-def _hit_backward(post: str, cues, ok) -> bool:
-    return any(ok(post[: m.start()]) for cue in cues for m in cue.finditer(post))
-
-
-def mention_status(sentence: str, start: int, end: int) -> int:
-    """Status of the mention at ``sentence[start:end]``; ``sentence`` must be lower-cased."""
-    left, right = clause_bounds(sentence, start, end)
-    pre, post = sentence[left:start], sentence[end:right]
-    if _hit_forward(pre, _PRE_UNC_FWD, _forward_ok) or _hit_backward(post, _PRE_UNC_BWD, _backward_ok):
+    ``others``: ``(start, end, observation)`` of the sentence's other mentions (any observation,
+    the "No Finding" list included): a new finding after a comma ends a negation's reach, and "or"
+    makes a mention uncertain only next to another finding. None means "no label": the mention
+    names the heart or mediastinum, nothing in its clause says what of it, and the clause has IU's
+    masked XXXX words (see the last rule below).
+    """
+    c = _Context(sentence, start, end, others, observation)
+    if c.forward(_PRE_UNC_FWD, _forward_ok) or c.backward(_PRE_UNC_BWD, _backward_ok):
         return UNCERTAIN
     neutral = bool(_CARDIO_WORDS.search(sentence[start:end]))
-    if (_hit_forward(pre, _NEG_FWD, _forward_ok) or _hit_forward(pre, _NEG_NEAR_FWD, _near_forward_ok)
-            or _hit_backward(post, _NEG_BWD, lambda w: _backward_ok(w, neutral=neutral))):
+    if (c.forward(_NEG_FWD, _forward_ok) or c.forward(_NEG_NEAR_FWD, _near_forward_ok, adjective=True)
+            or c.backward(_NEG_BWD, lambda w: _backward_ok(w, neutral=neutral))):
         return NEGATIVE
-    if (_ALWAYS_UNCERTAIN.search(sentence[start:end]) or _hit_forward(pre, _UNC_FWD, _forward_ok) or _hit_forward(pre, _UNC_NEAR_FWD, _near_forward_ok)
-            or _hit_backward(post, _UNC_BWD, _backward_ok)
-            or _hit_backward(post, _UNC_NEAR_BWD, _near_backward_ok)
-            or _hit_forward(pre, _OR, lambda w: _near_forward_ok(w, 1))
-            or _hit_backward(post, _OR, lambda w: _near_backward_ok(w, 1))):
+    if (_ALWAYS_UNCERTAIN.search(sentence[start:end]) or c.forward(_UNC_FWD, _forward_ok)
+            or c.forward(_UNC_NEAR_FWD, _near_forward_ok, near=True)
+            or c.backward(_UNC_BWD, _backward_ok)
+            or c.backward(_UNC_NEAR_BWD, _near_backward_ok, near=True)
+            or c.alternative()):
         return UNCERTAIN
-    enlarged = re.search(r"enlarg|widen", sentence[max(left, start - 30):min(right, end + 30)])
-    if neutral and not enlarged and (
-            _hit_forward(pre, _STABLE_FWD, _near_forward_ok)
-            or _hit_backward(post, _STABLE_BWD, lambda w: _near_backward_ok(w, 6))):
-        return UNCERTAIN
+    near = sentence[max(c.left, start - 30):min(c.right, end + 30)]
+    if neutral and not re.search(r"enlarg|widen", near):
+        if (c.forward(_STABLE_FWD, _near_forward_ok)
+                or c.backward(_STABLE_BWD, lambda w: _near_backward_ok(w, 6))):
+            return UNCERTAIN
+        # Our difference from CheXpert, which calls an anatomy mention without any cue positive: in
+        # IU's "The heart and lungs have XXXX XXXX in the interval" the masked words are the only
+        # predicate, so the sentence says nothing we can read about heart size. Labelling it
+        # (uncertain, then positive under llmrg4) doubled the IU test split's Cardiomegaly positives.
+        if "xxxx" in sentence[c.left:c.right] and not re.search(r"\bwide\b|large|promin", near):
+            return None
     return POSITIVE

@@ -30,34 +30,56 @@ OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
 )
 
-# Additions to the original lists, for IU X-Ray wording the original misses or mislabels. Each
-# is a regex matched on the lower-cased sentence with punctuation blanked and one pad space each side.
+# Additions to the original lists, for real report wording the original misses or mislabels. Each
+# is a regex matched on the lower-cased sentence with punctuation blanked (hyphens kept) and one pad
+# space each side. Where these differ from chexpert-labeler, the comment says why.
 EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {
-    # a bare "heart" ("Heart and mediastinum normal."); "heart failure" stays Edema
-    "Cardiomegaly": (r"\bheart\b(?! failure)", r"\bcardiac(?= and mediastinal)"),
-    "Enlarged Cardiomediastinum": (r"mediastinal widening", r"widened mediastin\w*"),
-    # fissural thickening is pleural
-    "Pleural Other": (r"thicken\w* (?:of |in |along )?the (?:\w+ )?fissure", r"fissural thickening"),
-    # IU de-identification turns "sternotomy wires" into "sternotomy XXXX"; line tips are devices
-    "Support Devices": (r"sternotomy xxxx", r"\btip\b", r"prosthe"),
-    # findings outside the 13 that also rule out "No Finding" (the original list misses them)
+    # A bare "heart" about its size ("Heart and mediastinum normal."). The original matches only "the
+    # heart"; a bare "heart" also names the valve, the rate, the border, failure: none is heart size.
+    "Cardiomegaly": (r"\bheart\b(?! (?:failure|valve|rate|rhythm|border|disease|transplant))",
+                     r"\bcardiac(?= and mediastinal)"),
+    "Enlarged Cardiomediastinum": (r"mediastinal widening", r"\bwide(?:ned)? mediastin\w*"),
+    # fissural thickening and pleural-parenchymal scarring are pleural
+    "Pleural Other": (r"thicken\w* (?:of |in |along )?the (?:\w+ )?fissure", r"fissural thickening",
+                      r"pleural-parenchymal", r"pleuroparenchymal"),
+    # fluid in a fissure is pleural fluid
+    "Pleural Effusion": (r"\bfluid (?:\w+ ){0,4}fissure",),
+    # IU de-identification turns "sternotomy wires" into "sternotomy XXXX"; line tips, surgical clips,
+    # stents, wires, pacer leads and ports are devices too (the original lists miss them)
+    "Support Devices": (r"sternotomy xxxx", r"\btip\b", r"prosthe", r"\bclips?\b", r"\bstents?\b",
+                        r"\bwires?\b", r"\bleads\b(?! to\b)", r"port-?a-?cath", r"\bportacath\b"),
+    # findings outside the 13 that also rule out "No Finding" (the original list misses them; its
+    # "density" and "metastasis" miss "densities" and "metastatic")
     "No Finding": (r"tortuo", r"ectasia", r"ectatic", r"arthriti", r"spondylosis", r"foreign body",
                    r"sternotomy", r"post-?surgical", r"post-?operative", r"hyperexpanded",
-                   r"aneurysm"),
+                   r"aneurysm", r"densities", r"metasta", r"cavit", r"sarcoid", r"osteophyt",
+                   r"osteochondroma", r"\b(?:lung|pulmonary) disease", r"\binjur", r"shrapnel"),
 }
+# Regexes, matched like the mentions; a mention overlapping one is dropped.
 EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
     # substring false matches: "tube" in "tuberculosis", "plate" in "platelike atelectasis",
-    # Kerley "lines", breast implants
-    "Support Devices": ("tubercul", "platelike", "plate-like", "plate like", "kerley b lines",
-                        "septal lines", "breast prosthe", "endplate"),
-    # a rib's "contour" is bone, not the cardiomediastinal contour
-    "Enlarged Cardiomediastinum": ("rib contour", "contour irregularit", "contour deformit"),
-    # "lump" inside "lumpectomy" (breast surgery)
-    "Lung Lesion": ("lumpectomy",),
-    # healed granulomatous disease, not a pneumonia
-    "Pneumonia": ("granulomatous infection",),
-    # "along the right heart border" locates an opacity; it says nothing about heart size
-    "Cardiomegaly": ("heart border", "cardiac border"),
+    # Kerley "lines", breast implants; a calcified native valve is no device
+    "Support Devices": (r"tubercul", r"platelike", r"plate-like", r"plate like", r"kerley b lines",
+                        r"septal lines", r"\bb-lines", r"breast prosthe", r"endplate",
+                        r"calcifi\w* (?:\w+ ){0,5}valve", r"valve calcifi\w*", r"\bclipped\b"),
+    # a rib's "contour" is bone, not the cardiomediastinal contour; a ventricle's is the heart's
+    "Enlarged Cardiomediastinum": (r"rib contour", r"contour irregularit", r"contour deformit",
+                                   r"ventricular contour"),
+    # "lump" inside "lumpectomy" (breast surgery); a calcified nodule is a granuloma (the original
+    # unmentions "calcified nodul"; "calcific density nodules" says the same)
+    "Lung Lesion": (r"lumpectomy", r"calcific\w* (?:\w+ ){0,2}nodul"),
+    # a healed, prior infection is no pneumonia
+    "Pneumonia": (r"granulomatous infection", r"(?:prior|old|previous|remote|healed|histoplasm\w*) (?:\w+ ){0,2}infection"),
+    # "along the right heart border" locates an opacity; the heart's valve or rate is not its size
+    "Cardiomegaly": (r"heart border", r"cardiac border", r"heart valve", r"heart rate"),
+    # cystic fibrosis is a lung disease, not pleural
+    "Pleural Other": (r"cystic fibrosis",),
+    # a pleural-parenchymal scar is Pleural Other (the original unmentions "pleural scar" here)
+    "Lung Opacity": (r"pleural-parenchymal (?:[\w-]+ ){0,4}scar\w*",),
+    # a knee or other joint effusion is not pleural
+    "Pleural Effusion": (r"joint effusion",),
+    # a broken screw or sternotomy wire is the hardware's fracture, not a bone's
+    "Fracture": (r"fractur\w* (?:of |in )?(?:the )?(?:[\w-]+ ){0,3}(?:screws?|wires?|leads?|hardware|plates?|rods?|sternotomy xxxx)\b",),
 }
 
 
@@ -108,6 +130,80 @@ def unmention_patterns() -> dict[str, tuple[re.Pattern, ...]]:
     """Compiled unmention patterns: a mention overlapping one of these is dropped."""
     phrases = _read_phrases("unmention")
     phrases.update(_positional_unmentions(_read_phrases("mention")))
+    out = {obs: [re.escape(p) for p in pats] for obs, pats in phrases.items()}
     for obs, extra in EXTRA_UNMENTIONS.items():
-        phrases[obs] = phrases.get(obs, []) + list(extra)
-    return {obs: tuple(re.compile(re.escape(p)) for p in pats) for obs, pats in phrases.items()}
+        out[obs] = out.get(obs, []) + list(extra)  # already regexes
+    return {obs: tuple(re.compile(p) for p in pats) for obs, pats in out.items()}
+
+
+def literal_anchor(pattern: str) -> str:
+    """A piece of literal text that every match of ``pattern`` contains: the longest run of plain
+    characters outside groups, classes and escapes, less any character a quantifier makes optional.
+    ``anchor in text`` is a fast test (a C substring search) that lets a pattern be skipped."""
+    depth, runs, run, i = 0, [], "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            nxt = pattern[i + 1] if i + 1 < len(pattern) else ""
+            if depth == 0 and nxt in " -.,()[]{}|?*+\\/":  # an escaped literal (re.escape output)
+                run += nxt
+            else:
+                runs.append(run)
+                run = ""
+            i += 2
+            continue
+        if c in "([":
+            depth += 1
+            runs.append(run)
+            run = ""
+        elif c in ")]":
+            depth -= 1
+        elif depth == 0 and c in "?*{":
+            run = run[:-1]  # the previous character is optional
+            runs.append(run)
+            run = ""
+            if c == "{":
+                i = pattern.index("}", i)
+        elif depth == 0 and c in "+.^$":
+            runs.append(run + (c if c == "+" else ""))
+            run = "" if c != "+" else run[-1:]
+        elif depth == 0 and c == "|":
+            return ""  # a top-level alternative: no common literal
+        elif depth == 0:
+            run += c
+        i += 1
+    runs.append(run)
+    return max(runs, key=len)
+
+
+@lru_cache(maxsize=1)
+def anchored_mentions() -> dict[str, tuple[tuple[str, re.Pattern], ...]]:
+    """``(anchor, pattern)`` of every mention pattern (see ``literal_anchor``)."""
+    return {obs: tuple((literal_anchor(p.pattern), p) for p in pats) for obs, pats in mention_patterns().items()}
+
+
+@lru_cache(maxsize=1)
+def anchored_unmentions() -> dict[str, tuple[tuple[str, re.Pattern], ...]]:
+    return {obs: tuple((literal_anchor(p.pattern), p) for p in pats) for obs, pats in unmention_patterns().items()}
+
+
+def _trigram_index(anchored: dict[str, tuple[tuple[str, re.Pattern], ...]]) -> dict[str, tuple]:
+    """{first three characters of an anchor: ((observation, anchor, pattern), ...)}: the patterns
+    worth trying on a text are found from the text's own three-character substrings."""
+    index: dict[str, list] = {}
+    for obs, pairs in anchored.items():
+        for anchor, pattern in pairs:
+            if len(anchor) < 3:
+                raise ValueError(f"pattern {pattern.pattern!r} has no literal anchor of 3+ characters")
+            index.setdefault(anchor[:3], []).append((obs, anchor, pattern))
+    return {k: tuple(v) for k, v in index.items()}
+
+
+@lru_cache(maxsize=1)
+def mention_index() -> dict[str, tuple]:
+    return _trigram_index(anchored_mentions())
+
+
+@lru_cache(maxsize=1)
+def unmention_index() -> dict[str, tuple]:
+    return _trigram_index(anchored_unmentions())

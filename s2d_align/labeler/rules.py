@@ -9,12 +9,14 @@ published; its NegBio dependency-graph negation/uncertainty step is replaced by 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .context import NEGATIVE, POSITIVE, UNCERTAIN, mention_status
-from .phrases import OBSERVATIONS, mention_patterns, unmention_patterns
+from .phrases import OBSERVATIONS, mention_index, unmention_index
 
-__all__ = ["OBSERVATIONS", "Mention", "split_sentences", "extract_mentions", "label_report",
+__all__ = ["OBSERVATIONS", "Mention", "split_sentences", "extract_mentions", "label_report", "looks_r2gen_cleaned",
            "POSITIVE", "NEGATIVE", "UNCERTAIN"]
 
 NO_FINDING = "No Finding"
@@ -55,19 +57,30 @@ def split_sentences(text: str) -> list[str]:
 
 def _lower(text: str) -> str:
     """Lower-case without changing the length (a few non-ASCII letters grow when lowered)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
     return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
 
 
-def _matches(probe: str, observation: str) -> list[tuple[int, int]]:
-    """Spans in ``probe`` (sentence padded by one space each side) of the observation's phrases,
+def _candidates(probe: str, index: dict[str, tuple]) -> dict[str, list[tuple[str, re.Pattern]]]:
+    """The patterns whose literal anchor occurs in ``probe``, by observation (a pattern without its
+    anchor cannot match: skipping it only saves time)."""
+    out: dict[str, list[tuple[str, re.Pattern]]] = {}
+    for gram in {probe[i:i + 3] for i in range(len(probe) - 2)} & index.keys():
+        for obs, anchor, pattern in index[gram]:
+            if anchor in probe:
+                out.setdefault(obs, []).append((anchor, pattern))
+    return out
+
+
+def _matches(probe: str, patterns, unmention_patterns) -> list[tuple[int, int]]:
+    """Spans in ``probe`` (sentence padded by one space each side) of an observation's phrases,
     less those overlapping an unmention phrase, trimmed of the padding spaces."""
-    unmentions = [m.span() for p in unmention_patterns().get(observation, ()) for m in p.finditer(probe)]
     spans = []
-    for pattern in mention_patterns()[observation]:
+    for _, pattern in patterns:
         for m in pattern.finditer(probe):
             start, end = m.span()
-            if any(start < u_end and end > u_start for u_start, u_end in unmentions):
-                continue
             while start < end and probe[start] == " ":
                 start += 1
             while end > start and probe[end - 1] == " ":
@@ -78,8 +91,11 @@ def _matches(probe: str, observation: str) -> list[tuple[int, int]]:
             while end < len(probe) - 1 and probe[end].isalnum():
                 end += 1
             if end > start:
-                spans.append((start - 1, end - 1))
-    return _drop_nested(spans)
+                spans.append((m.start(), m.end(), start - 1, end - 1))
+    unmentions = [m.span() for _, p in unmention_patterns for m in p.finditer(probe)]
+    kept = [(s, e) for ms, me, s, e in spans
+            if not any(ms < u_end and me > u_start for u_start, u_end in unmentions)]
+    return _drop_nested(kept)
 
 
 def _drop_nested(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -91,15 +107,32 @@ def _drop_nested(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return sorted(kept)
 
 
+_PUNCT = re.compile(r"[^\w\s-]")
+
+
 def _sentence_mentions(sentence: str) -> list[Mention]:
+    return list(_cached_sentence_mentions(sentence))
+
+
+@lru_cache(maxsize=1 << 16)
+def _cached_sentence_mentions(sentence: str) -> tuple[Mention, ...]:
+    """Reports repeat template sentences ("No pneumothorax."): each distinct one is labelled once."""
     low = _lower(sentence)
     # punctuation -> space (same length) so that "_line_" matches "line." as it matches "line "
-    probe = " " + re.sub(r"[^\w\s-]", " ", low) + " "
+    probe = " " + _PUNCT.sub(" ", low) + " "
+    found_patterns = _candidates(probe, mention_index())
+    unmentions = _candidates(probe, unmention_index()) if found_patterns else {}
+    spans = [(start, end, obs) for obs in OBSERVATIONS if obs in found_patterns
+             for start, end in _matches(probe, found_patterns[obs], unmentions.get(obs, ()))]
     found = []
-    for obs in OBSERVATIONS:
-        for start, end in _matches(probe, obs):
-            found.append(Mention(obs, mention_status(low, start, end), sentence, start, end))
-    return sorted(found, key=lambda m: (m.start, OBSERVATIONS.index(m.observation)))
+    for start, end, obs in spans:
+        if re.match(r"non-?[a-z]", low[start:end]) and not obs == NO_FINDING:
+            status = NEGATIVE  # "nonconsolidating airspace disease" denies the consolidation
+        else:
+            status = mention_status(low, start, end, spans, obs)
+        if status is not None:
+            found.append(Mention(obs, status, sentence, start, end))
+    return tuple(sorted(found, key=lambda m: (m.start, OBSERVATIONS.index(m.observation))))
 
 
 def extract_mentions(text: str) -> list[Mention]:
@@ -135,6 +168,27 @@ def aggregate(mentions: list[Mention]) -> dict[str, int | None]:
     return labels
 
 
+# R2Gen's cleaning lower-cases, drops , ; : ( ) and joins sentences with " . ": what is left is a
+# run of lower-case words and " ." marks. Such text loses the clause boundaries negation scope needs.
+_R2GEN_CLEANED = re.compile(r"[^A-Z,;:()]*\S \.")
+_warned_cleaned = False
+
+
+def looks_r2gen_cleaned(text: str) -> bool:
+    """True for text that looks like R2Gen's ``clean_report_*`` output ("no pneumothorax small effusion .")."""
+    text = text.strip()
+    return len(text.split()) >= 3 and bool(_R2GEN_CLEANED.fullmatch(text))
+
+
 def label_report(text: str) -> dict[str, int | None]:
-    """The 14 CheXpert labels of one report (1 positive, 0 negative, -1 uncertain, None unmentioned)."""
+    """The 14 CheXpert labels of one report (1 positive, 0 negative, -1 uncertain, None unmentioned).
+
+    Give it the raw report. R2Gen-cleaned text is labelled too (a new finding after another one ends a
+    negation's reach even without the comma), with a warning the first time one is seen."""
+    global _warned_cleaned
+    if not _warned_cleaned and looks_r2gen_cleaned(text):
+        _warned_cleaned = True
+        warnings.warn("labelling text that looks R2Gen-cleaned (lower case, no commas, ' . ' between sentences): "
+                      "clause boundaries are gone, so negation scope is guessed; label the raw reports where you "
+                      "have them (s2d prepare keeps them in report_raw)", UserWarning, stacklevel=2)
     return aggregate(extract_mentions(text))

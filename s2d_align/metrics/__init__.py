@@ -4,8 +4,10 @@
   R2Gen-cleaned text (``text.py``); references are never truncated.
 - ``compute_ce``: CheXpert-label P/R/F1 under the ``r2gen``, ``llmrg4`` or ``example`` convention.
 - ``compute_radgraph``: RadGraph F1 when the optional package and its weights are present.
-- ``evaluate_reports``: all of it, with the convention, labeler and reference kind recorded;
-  ``write_outputs`` writes metrics.json, metrics.md and the per-observation F1 plot.
+- ``evaluate_reports``: all of it, with the convention, labeler and reference kind recorded, and
+  bootstrap 95% intervals of every figure (``uncertainty.py``); ``write_outputs`` writes
+  metrics.json, metrics.md and the per-observation F1 plot.
+- ``compare_systems``: paired permutation test and paired-bootstrap interval of B - A.
 """
 
 from .ce import CONVENTIONS, FIVE, compute_ce
@@ -16,6 +18,7 @@ from .radgraph_f1 import compute_radgraph
 from .report import (metrics_markdown, plot_per_observation_f1, write_metrics_json, write_metrics_md,
                      write_outputs)
 from .text import clean_report_iu_xray, clean_report_mimic_cxr, normalize
+from .uncertainty import bootstrap_intervals, compare_systems
 
 
 def evaluate_module_path() -> str:
@@ -28,4 +31,4 @@ __all__ = ["compute_nlg", "compute_ce", "compute_radgraph", "evaluate_reports", 
            "write_outputs", "write_metrics_json", "write_metrics_md", "plot_per_observation_f1",
            "metrics_markdown", "read_reports", "match_ids", "normalize", "clean_report_iu_xray",
            "clean_report_mimic_cxr", "meteor_unavailable_reason", "CONVENTIONS", "FIVE", "NLG_KEYS",
-           "REFERENCE_KINDS", "evaluate_module_path"]
+           "REFERENCE_KINDS", "evaluate_module_path", "bootstrap_intervals", "compare_systems"]

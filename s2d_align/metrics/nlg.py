@@ -59,6 +59,20 @@ def scorer_inputs(predictions: dict[str, str], references: dict[str, str], clean
     return gts, res
 
 
+def meteor_score_and_stats(gts: dict[str, list[str]], res: dict[str, list[str]]) -> tuple[float, list[str]]:
+    """pycocoevalcap's ``Meteor.compute_score`` (one ``SCORE`` line per study, then ``EVAL`` over
+    all of them, in ``gts`` order), also returning each study's statistics line for the bootstrap."""
+    scorer = _meteor_scorer()
+    with scorer.lock:
+        stats = [scorer._stat(res[i][0], gts[i]) for i in gts]
+        scorer.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+        scorer.meteor_p.stdin.flush()
+        for _ in stats:  # per-study scores: not needed
+            scorer.meteor_p.stdout.readline()
+        score = float(scorer.meteor_p.stdout.readline().strip())
+    return score, stats
+
+
 def compute_nlg(predictions: dict[str, str], references: dict[str, str], *, clean: str = "iu_xray",
                 meteor: bool = True) -> dict[str, Any]:
     """BLEU-1..4, METEOR, ROUGE-L, CIDEr-D of ``predictions`` against ``references`` (same ids).
@@ -66,9 +80,18 @@ def compute_nlg(predictions: dict[str, str], references: dict[str, str], *, clea
     ``clean``: R2Gen cleaning applied to both sides ("iu_xray", "mimic_cxr", or "none").
     METEOR is None (with ``meteor_status`` saying why) when Java is missing or ``meteor=False``.
     """
+    return compute_nlg_with_stats(predictions, references, clean=clean, meteor=meteor)[0]
+
+
+def compute_nlg_with_stats(predictions: dict[str, str], references: dict[str, str], *, clean: str = "iu_xray",
+                           meteor: bool = True):
+    """``compute_nlg`` and the per-study statistics (``uncertainty.NLGStats``) that its bootstrap
+    intervals are recomputed from."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
+
+    from .uncertainty import NLGStats
 
     check_same_ids(predictions, references)
     gts, res = scorer_inputs(predictions, references, clean)
@@ -78,9 +101,10 @@ def compute_nlg(predictions: dict[str, str], references: dict[str, str], *, clea
     out: dict[str, Any] = {f"BLEU_{n + 1}": float(b) for n, b in enumerate(bleu)}
     out.update(ROUGE_L=float(rouge), CIDEr=float(cider), METEOR=None)
     reason = meteor_unavailable_reason() if meteor else "METEOR skipped (meteor=False)"
+    meteor_stats = None
     if reason is None:
         try:
-            out["METEOR"] = float(_meteor_scorer().compute_score(gts, res)[0])
+            out["METEOR"], meteor_stats = meteor_score_and_stats(gts, res)
             out["meteor_status"] = "computed (pycocoevalcap METEOR 1.5, -l en -norm)"
         except (OSError, ValueError) as err:  # the JVM died or answered nothing (e.g. out of memory)
             out["meteor_status"] = f"METEOR unavailable: the Java scorer failed ({type(err).__name__}: {err})"
@@ -88,4 +112,5 @@ def compute_nlg(predictions: dict[str, str], references: dict[str, str], *, clea
         out["meteor_status"] = reason
     out["n_reports"] = len(gts)
     out["text_cleaning"] = clean
-    return {k: out[k] for k in (*NLG_KEYS, "meteor_status", "n_reports", "text_cleaning")}
+    result = {k: out[k] for k in (*NLG_KEYS, "meteor_status", "n_reports", "text_cleaning")}
+    return result, NLGStats(gts, res, meteor_stats)

@@ -20,8 +20,9 @@ example convention, with the rules (offline) or chexbert labeler; RadGraph F1 wh
 _CITATION = """@article{s2dalign2025, title={S2D-Align}, journal={arXiv:2511.11066}, year={2025}}"""
 _KWARGS = """predictions: list of generated reports. references: list of reference reports (same order).
 ce_convention: "r2gen" | "llmrg4" (default) | "example". labeler: "rules" (default) | "chexbert".
-references_kind: "raw" (default) | "cleaned". clean: "iu_xray" (default) | "mimic_cxr" | "none".
-meteor: bool (needs Java). radgraph: bool."""
+references_kind: "raw" (default) | "cleaned". clean: "iu_xray" | "mimic_cxr" | "none" (R2Gen's cleaner of the
+references' dataset; not given: "iu_xray" with a warning). meteor: bool (needs Java). radgraph: bool.
+bootstrap: resamples of studies for the 95% intervals in details["intervals"] (0: none); seed."""
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
@@ -35,12 +36,12 @@ class S2DMetrics(evaluate.Metric):
                                         "references": datasets.Value("string")}))
 
     def _compute(self, predictions, references, ce_convention="llmrg4", labeler="rules",
-                 references_kind="raw", clean="iu_xray", meteor=True, radgraph=True):
+                 references_kind="raw", clean=None, meteor=True, radgraph=True, bootstrap=1000, seed=0):
         ids = [f"{i:08d}" for i in range(len(predictions))]
         result = evaluate_reports(dict(zip(ids, predictions)), dict(zip(ids, references)),
                                   convention=ce_convention, labeler=labeler,
                                   references_kind=references_kind, clean=clean, meteor=meteor,
-                                  radgraph=radgraph)
+                                  radgraph=radgraph, bootstrap=bootstrap, seed=seed)
         flat = {k: v for k, v in result["nlg"].items()}
         ce = result["ce"]
         flat.update(ce_precision=ce["precision"], ce_recall=ce["recall"], ce_f1=ce["f1"])
