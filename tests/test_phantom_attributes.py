@@ -101,14 +101,14 @@ def test_s2d_eval_scores_attributes_of_a_phantom_split(phantom, tmp_path):
         preds = tmp_path / f"{name}.jsonl"
         preds.write_text("".join(json.dumps({"id": i, "report": r}) + "\n" for i, r in zip(test["id"], reports)))
         args = parser.parse_args(["eval", "--predictions", str(preds), "--references", str(refs), "--out",
-                                  str(tmp_path / name), "--no-meteor", "--phantom", str(data_dir)])
+                                  str(tmp_path / name), "--no-meteor", "--clean", "iu_xray", "--phantom", str(data_dir)])
         assert args.func(args) == 0
         saved = json.loads((tmp_path / name / "metrics.json").read_text())["phantom_attributes"]
         for row in ("pneumothorax side", "opacity side"):
             assert saved[row]["total"] > 0 and saved[row]["accuracy"] == want, (name, row, saved[row])
         assert saved["opacity level"]["accuracy"] == 1.0  # levels are not swapped
     args = parser.parse_args(["eval", "--predictions", str(preds), "--references", str(refs), "--out",
-                              str(tmp_path / "x"), "--no-meteor", "--phantom", str(tmp_path / "nowhere")])
+                              str(tmp_path / "x"), "--no-meteor", "--clean", "iu_xray", "--phantom", str(tmp_path / "nowhere")])
     with pytest.raises(ValueError, match="nowhere"):
         args.func(args)
 
