@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="JSON output (default: DEMO/grounding_probe.json)")
     parser.add_argument("--max-train", type=int, default=2000, help="training studies used to fit the probes")
     parser.add_argument("--stages", default="base,s1,s2,s3")
+    parser.add_argument("--no-reports", action="store_true", help="probes only: skip generating and scoring reports")
     args = parser.parse_args(argv)
     demo = Path(args.demo)
     data = load_from_disk(str(demo / "data"))
@@ -135,7 +136,9 @@ def main(argv=None) -> dict:
         names = ["patches", "pooled patches", "Z_v", "LLM first position"] if stage == "base" else \
             ["Z_v", "LLM first position"]
         result["probes"][stage] = probe_all(tr, te, train, test, names)
-        if stage == "base":
+        if args.no_reports:
+            pass
+        elif stage == "base":
             result["attributes"]["LLM stand-in, told the key phrases as text"] = told_side(model, processor, test)
         else:
             reports = generate_reports(model, processor, list(test["image_paths"]), batch_size=32, max_new_tokens=96,
