@@ -98,14 +98,12 @@ def told_side(model, processor, test, max_new_tokens: int = 96) -> dict:
     """The base model's LLM alone, the study's ground-truth key phrases as text in the user turn (as in its
     pretraining): does it write the side and level it is told?"""
     from s2d_align.metrics.phantom_attributes import attribute_accuracy
+    from s2d_align.training.standins import text_prompt_ids
 
-    tok = processor.tokenizer
-    marker = tok(processor.answer_marker, add_special_tokens=False)["input_ids"]
     reports = []
     for start in range(0, len(test), 32):
         rows = test.select(range(start, min(start + 32, len(test))))
-        prompts = [tok(processor.prompt.format(context="; ".join(p)))["input_ids"] + marker
-                   for p in rows["key_phrases"]]
+        prompts = [text_prompt_ids(processor, "; ".join(p)) for p in rows["key_phrases"]]
         batch = processor.pad_sequences(prompts, left=True)
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
         reports += processor.batch_decode(out, prompt_length=batch["input_ids"].shape[1])
@@ -136,16 +134,16 @@ def main(argv=None) -> dict:
         names = ["patches", "pooled patches", "Z_v", "LLM first position"] if stage == "base" else \
             ["Z_v", "LLM first position"]
         result["probes"][stage] = probe_all(tr, te, train, test, names)
+        print(stage, json.dumps(result["probes"][stage]), flush=True)
         if args.no_reports:
-            pass
-        elif stage == "base":
+            continue
+        if stage == "base":
             result["attributes"]["LLM stand-in, told the key phrases as text"] = told_side(model, processor, test)
         else:
             reports = generate_reports(model, processor, list(test["image_paths"]), batch_size=32, max_new_tokens=96,
                                        progress=False)
             result["attributes"][f"{stage}, image only"] = attribute_accuracy(
                 dict(zip(test["id"], reports)), dict(zip(test["id"], test["findings"])))
-        print(stage, json.dumps(result["probes"][stage]), flush=True)
     out = Path(args.out or demo / "grounding_probe.json")
     out.write_text(json.dumps(result, indent=2))
     print(markdown(result, HEADLINE_ROWS))

@@ -52,7 +52,6 @@ FINDING_WORDS = {
     "opacity": r"opacit(?:y|ies)|consolidation|airspace disease",
     "cardiomegaly": r"cardiomegaly|heart is \w* ?enlarged|enlarged heart",
     "edema": r"edema",
-    "device": r"endotracheal|\bet tube|\bett\b|picc|nasogastric|\bng tube|enteric tube|feeding tube",
 }
 ATTRIBUTE_WORDS = {
     "side": {"left": r"\bleft\b", "right": r"\bright\b", "bilateral": r"\bbilateral\b|\bboth\b"},
@@ -63,6 +62,8 @@ ATTRIBUTE_WORDS = {
     "kind": {"endotracheal tube": r"endotracheal|\bet tube|\bett\b", "picc line": r"picc",
              "nasogastric tube": r"nasogastric|\bng tube|enteric tube|feeding tube"},
 }
+# a device is named by its kind
+FINDING_WORDS["device"] = "|".join(ATTRIBUTE_WORDS["kind"].values())
 NEGATION = re.compile(r"\b(?:no|not|without|free of|negative for|resolved|resolution of)\b")
 _SENTENCE = re.compile(r"[.!?]+")
 _CLAUSE = re.compile(r"[,;]|\band\b")

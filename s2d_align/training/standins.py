@@ -54,10 +54,16 @@ def pretrain_llm(model, processor, reports: list[str], output_dir: str, *, key_p
     return trainer.state.log_history
 
 
-def _lm_batch(processor, rows: list[dict]) -> dict:
+def text_prompt_ids(processor, context: str) -> list[int]:
+    """Token ids of the prompt with `context` as plain text where the placeholders go, answer marker last (how the
+    LLM stand-in is pretrained, and how `bench.grounding_probe` checks that it writes what it is told)."""
     tokenizer = processor.tokenizer
     marker = tokenizer(processor.answer_marker, add_special_tokens=False)["input_ids"]
-    prompts = [tokenizer(processor.prompt.format(context=r["context"]))["input_ids"] + marker for r in rows]
+    return tokenizer(processor.prompt.format(context=context))["input_ids"] + marker
+
+
+def _lm_batch(processor, rows: list[dict]) -> dict:
+    prompts = [text_prompt_ids(processor, r["context"]) for r in rows]
     answers = [processor.report_ids(r["report"], i) for i, r in enumerate(rows)]
     return dict(processor.pad_sequences([p + a for p, a in zip(prompts, answers)],
                                         [[-100] * len(p) + a for p, a in zip(prompts, answers)]))
