@@ -9,7 +9,10 @@ For a demo output folder (`s2d demo --out DIR`), this measures on the phantom se
       * the image adapter's output `Z_v` (flattened N_mem x llm_width), after each stage,
       * the LLM's last hidden state at the position that predicts the first report token, image-only prompt;
   - the attribute accuracy (`s2d_align.metrics.phantom_attributes`) of each stage's image-only reports;
-  - whether the LLM stand-in writes the side it is told: the base model, key phrases as text in the user turn.
+  - whether the LLM stand-in writes the side it is told: the base model, key phrases as text in the user turn;
+  - teacher-forced side-word accuracy after each stage (training and test studies, image alone; at stage 3 also
+    image + key phrases through the adapter): underfitting vs overfitting, and whether the adapter path carries a
+    side even when the words state it.
     python -m bench.grounding_probe --demo out/demo --out out/demo/grounding_probe.json
 """
 
@@ -110,6 +113,33 @@ def told_side(model, processor, test, max_new_tokens: int = 96) -> dict:
     return attribute_accuracy(dict(zip(test["id"], reports)), dict(zip(test["id"], test["findings"])))
 
 
+SIDE_WORDS = ("left", "right", "bilateral")
+
+
+@torch.inference_mode()
+def side_word_accuracy(model, processor, split, key_phrases: bool = False, batch_size: int = 32) -> dict:
+    """Teacher-forced: at every reference-report position whose next word is left / right / bilateral, is the true
+    one the most probable of the three? Image-only prompt, or image + the study's key phrases through the key-phrase
+    adapter (stage 3's context), which states every side in words. Free of generation's sentence-planning noise,
+    and the two conditions separate "the image does not give the side" from "the adapter path does not carry it"."""
+    encoded = {w: processor.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in SIDE_WORDS}
+    words = [w for w in SIDE_WORDS if len(encoded[w]) == 1]  # a word split into pieces has no one position to score
+    ids = torch.tensor([encoded[w][0] for w in words])
+    correct = total = 0
+    for start in range(0, len(split), batch_size):
+        rows = split[start: start + batch_size]
+        extra = {"key_phrases": rows["key_phrases"]} if key_phrases else {}
+        batch = processor(images=rows["image_paths"], text=rows["report"], **extra)
+        labels = batch.pop("labels")[:, 1:]
+        logits = model(**batch).logits[:, :-1]
+        at = torch.isin(labels, ids)
+        predicted = logits[at][:, ids].argmax(-1)
+        truth = (labels[at].unsqueeze(-1) == ids).int().argmax(-1)
+        correct += int((predicted == truth).sum())
+        total += int(at.sum())
+    return {"correct": correct, "total": total, "accuracy": round(correct / max(total, 1), 3), "words": words}
+
+
 def main(argv=None) -> dict:
     from s2d_align.generation import generate_reports, load_model
     from s2d_align.metrics.phantom_attributes import HEADLINE_ROWS, attribute_accuracy
@@ -126,7 +156,7 @@ def main(argv=None) -> dict:
     train = data["train"].select(range(min(args.max_train, len(data["train"]))))
     test = data["test"]
     folders = {"base": demo / "base", **{s: demo / "curriculum" / s for s in ("s1", "s2", "s3")}}
-    result = {"demo": str(demo), "probes": {}, "attributes": {}}
+    result = {"demo": str(demo), "probes": {}, "attributes": {}, "side words (teacher-forced)": {}}
     for stage in args.stages.split(","):
         model, processor = load_model(str(folders[stage]), device="cpu")
         tr = representations(model, processor, list(train["image_paths"]))
@@ -135,6 +165,13 @@ def main(argv=None) -> dict:
             ["Z_v", "LLM first position"]
         result["probes"][stage] = probe_all(tr, te, train, test, names)
         print(stage, json.dumps(result["probes"][stage]), flush=True)
+        if stage != "base":
+            result["side words (teacher-forced)"][stage] = {
+                "train, image": side_word_accuracy(model, processor, train.select(range(min(600, len(train))))),
+                "test, image": side_word_accuracy(model, processor, test),
+                **({"test, image + key phrases": side_word_accuracy(model, processor, test, key_phrases=True)}
+                   if stage == "s3" else {})}
+            print(stage, json.dumps(result["side words (teacher-forced)"][stage]), flush=True)
         if args.no_reports:
             continue
         if stage == "base":
@@ -156,6 +193,12 @@ def markdown(result: dict, rows) -> str:
         for name in next(iter(probes.values())):
             cells = [f"{probes[t][name]['accuracy']:.2f} / {probes[t][name]['majority']:.2f}" for t in TASKS]
             lines.append(f"| {stage}: {name} | " + " | ".join(cells) + " |")
+    words = result.get("side words (teacher-forced)") or {}
+    if words:
+        lines += ["", "| side word, teacher-forced | " + " | ".join(next(iter(words.values()))) + " |",
+                  "|---|" + "---|" * len(next(iter(words.values())))]
+        lines += [f"| {stage} | " + " | ".join(f"{v['correct']}/{v['total']} ({v['accuracy']:.2f})"
+                                               for v in cells.values()) + " |" for stage, cells in words.items()]
     lines += ["", "| reports | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for system, acc in result["attributes"].items():
         lines.append(f"| {system} | " + " | ".join(f"{acc[r]['correct']}/{acc[r]['total']}" for r in rows) + " |")

@@ -36,7 +36,9 @@ class DemoConfig:
     vision_layers: int = 2
     llm_width: int = 192
     llm_layers: int = 3
-    num_memory_queries: int = 16
+    # the paper's N_mem (64); 16 lost the side and level of a finding in the adapter path (issue 14: teacher-forced
+    # side-word accuracy 0.90 -> 0.92, opacity level 45/75 -> 49/75 in one run each, same seed)
+    num_memory_queries: int = 64
     vocab_size: int = 1024
     vision_epochs: float = 12
     llm_epochs: float = 2
@@ -49,9 +51,9 @@ class DemoConfig:
     # each patch's place before the image adapter, and, in stages 2 and 3, half of the batches trained on the image
     # alone (the inference condition) instead of image + reference (+ key phrases).
     image_position_embedding: str = "sincos2d"
-    modality_dropout: float = 0.5
+    modality_dropout: float = 0.7
     # stage epochs and learning rates: the paper's decreasing schedule, shortened for a CPU
-    stage_epochs: dict = field(default_factory=lambda: {"s1": 4.0, "s2": 2.0, "s3": 1.0})
+    stage_epochs: dict = field(default_factory=lambda: {"s1": 4.0, "s2": 2.0, "s3": 2.0})
     stage_lr: dict = field(default_factory=lambda: {"s1": 3e-3, "s2": 1e-3, "s3": 5e-4})
     batch_size: int = 16
     max_new_tokens: int = 96
