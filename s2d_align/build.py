@@ -103,11 +103,21 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
 
 
 def set_generation_defaults(model, processor) -> None:
-    """Generation defaults saved with the folder (generation_config.json), so `model.generate(**inputs)` works as
-    trained: room for the longest training target (`max_report_tokens` report tokens + EOS) and the placeholder
-    tokens suppressed (the model's `generate` also adds them to any call's `suppress_tokens`)."""
-    model.generation_config.max_new_tokens = processor.max_report_tokens + 1
-    model.generation_config.suppress_tokens = sorted(model.config.placeholder_token_ids.values())
+    """Generation defaults saved with every folder (generation_config.json), so `model.generate(**inputs)` and the
+    `image-text-to-text` pipeline work as trained with no arguments: greedy decoding (the field reports greedy or
+    beam search; greedy is the cheaper and the deterministic one), room for the longest training target
+    (`max_report_tokens` report tokens + EOS), the LLM tokenizer's EOS / pad / BOS, and the placeholder tokens
+    suppressed (the model's `generate` also adds them to any call's `suppress_tokens`)."""
+    config = model.generation_config
+    tokenizer = processor.tokenizer
+    config.do_sample, config.num_beams = False, 1
+    for name in ("temperature", "top_p", "top_k"):  # sampling settings copied from an LLM's own config mean nothing
+        setattr(config, name, None)
+    config.max_new_tokens = processor.max_report_tokens + 1
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.suppress_tokens = sorted(model.config.placeholder_token_ids.values())
 
 
 def register(subparsers) -> None:

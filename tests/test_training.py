@@ -305,8 +305,8 @@ def test_stage_logs_the_image_only_and_the_full_context_eval_loss(work):
     processor = S2DAlignProcessor.from_pretrained(folder)
     images, reports = [list(r["image_paths"]) for r in rows], list(rows["report"])
     with torch.no_grad():
-        image_only = model(**processor(images=images, text=reports)).loss.item()
-        full = model(**processor(images=images, text=reports, references=list(rows["reference"]))).loss.item()
+        image_only = model(**processor(images=images, suffix=reports)).loss.item()
+        full = model(**processor(images=images, suffix=reports, references=list(rows["reference"]))).loss.item()
     assert logged["eval_image_only_loss"] == pytest.approx(image_only, rel=1e-4)
     assert logged["eval_full_loss"] == pytest.approx(full, rel=1e-4)
     assert abs(full - image_only) > 1e-3  # two conditions, two numbers

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from modeling_s2d import S2DAlignForConditionalGeneration
 
+from ..build import set_generation_defaults
 from .zero import outside_zero_init
 
 ADAPTER_DIR = "adapter"
@@ -43,6 +44,7 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
         if trainer.accelerator.is_main_process:
             with outside_zero_init():
                 merged = merge_adapter(model_path, adapter, dtype)
+            set_generation_defaults(merged, processor)
             merged.save_pretrained(out)
             processor.save_pretrained(out)
             _drop_pickles(adapter)
@@ -54,6 +56,7 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
         # other. Forgetting them (a private attribute that transformers' revert_weight_conversion reads) saves the
         # default format, as a plain run does.
         trainer.model._weight_conversions = None
+        set_generation_defaults(trainer.model, processor)
         trainer.save_model(str(out))  # the whole model (gathered under ZeRO-3), config, processor, remote code
     if trainer.accelerator.is_main_process:
         _drop_pickles(out)
