@@ -99,6 +99,9 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     set_generation_defaults(model, processor)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # provenance for the model card (`s2d push`): base models and the licence they imply; training adds datasets
+    components = {"vision": vision, "text_encoder": text_encoder, "llm": llm}
+    (out / "training_info.json").write_text(json.dumps({"components": components}, indent=1))
     return out
 
 

