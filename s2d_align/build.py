@@ -79,9 +79,15 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     language_model.resize_token_embeddings(len(llm_tokenizer), pad_to_multiple_of=64)
 
     ids = [llm_tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDERS]
+    llm_config = language_model.config.to_dict()
+    # a GGUF LLM arrives dequantized: its `quantization_config` would mark the composite as quantized (and refuse to
+    # save); a tied LLM (SmolLM2) is stored with an untied copy of its embedding as the LM head (S2D-Align's own
+    # `tie_word_embeddings` is off; LoRA never trains either matrix, so the two stay equal)
+    llm_config.pop("quantization_config", None)
+    llm_config["tie_word_embeddings"] = False
     config = S2DAlignConfig(
         vision_config=vision_model.config.to_dict(), text_encoder_config=text_config.to_dict(),
-        text_config=language_model.config.to_dict(), image_token_id=ids[0], reference_token_id=ids[1],
+        text_config=llm_config, image_token_id=ids[0], reference_token_id=ids[1],
         keyphrase_token_id=ids[2], pad_token_id=llm_tokenizer.pad_token_id,
         bos_token_id=llm_tokenizer.bos_token_id, eos_token_id=llm_tokenizer.eos_token_id, **adapter_kwargs)
 
@@ -94,7 +100,8 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     state.update({f"model.vision_tower.{k}": v for k, v in vision_model.state_dict().items()})
     state.update({f"model.text_encoder.{k}": v for k, v in text_model.state_dict().items()})
     state.update({f"model.language_model.{k}": v for k, v in language_model.model.state_dict().items()})
-    state["lm_head.weight"] = language_model.lm_head.weight
+    # a copy: save_torch_state_dict keeps one name of tensors that share memory, and the tied one would be lost
+    state["lm_head.weight"] = language_model.lm_head.weight.detach().clone()
     state.update({f"model.connector.{k}": v.to(target) for k, v in connector.state_dict().items()})
     state["model.view_embedding.weight"] = view_embedding.weight.detach().to(target)
     image_size = vision_model.config.image_size

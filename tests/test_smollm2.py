@@ -71,7 +71,7 @@ def built(tmp_path_factory):
     processor_config["max_report_tokens"] = 16
     (init / "processor_config.json").write_text(json.dumps(processor_config))
     dataset = root / "phantom"
-    dsd = prepare("phantom", dataset, num_patients=2, image_size=32, keyphrases="rules", reference="same_patient")
+    dsd = prepare("phantom", dataset, num_patients=4, image_size=32, keyphrases="rules", reference="same_patient")
     yield root, init, dataset, dsd
     torch.set_num_threads(threads)
 
