@@ -197,3 +197,20 @@ def test_model_card_licence_comes_from_the_components(saved, info, license_id):
     card, _ = _card(saved, info, None)
     assert card.data.license == license_id
     assert card.data.get("model-index") is None and card.data.eval_results is None
+
+
+def test_chat_paths_are_opened_by_the_processor_so_16_bit_images_are_windowed(tiny, tmp_path):
+    """The chat form hands the path to the processor (`load_radiograph` windows 16-bit images); transformers'
+    `load_image`, which the pipeline uses for `images=PATH`, converts to RGB and saturates (README's warning)."""
+    import numpy as np
+    from PIL import Image
+    from transformers.image_utils import load_image
+
+    _, processor = tiny
+    path = tmp_path / "sixteen.png"
+    Image.fromarray(np.linspace(1000, 3000, 64 * 64).reshape(64, 64).astype(np.uint16)).save(path)
+    messages = [{"role": "user", "content": [{"type": "image", "path": str(path)}]}]
+    chat = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    own = processor(images=[str(path)])
+    torch.testing.assert_close(chat["pixel_values"], own["pixel_values"], rtol=0, atol=0)
+    assert np.asarray(load_image(str(path))).min() == 255  # what the pipeline's own loader makes of it
