@@ -2,7 +2,9 @@
 
 `s2d push --model DIR --repo-id NAME [--dry-run]`: checks the folder (config, safetensors weights, the three
 remote-code files, the processor), renders `model_card.md` into `DIR/README.md` from the folder's
-`training_info.json` and `eval.json` (when present), then uploads exactly the model files (`MODEL_FILES`: weights,
+`training_info.json` (components, written by `s2d build`; datasets, added by each stage) and `eval.json` (when
+present): the Hub metadata block is built by `huggingface_hub.ModelCardData` (language, licence by the rules of
+`card_license`, base models, datasets, metrics, and a `model-index` holding eval.json's numbers), then uploads exactly the model files (`MODEL_FILES`: weights,
 config, generation config, processor and tokenizers, remote code, model card with the `eval.json` /
 `training_info.json` it was rendered from) and nothing else: a stage folder of
 `train_sft.py` also holds logs, `training_args.json`, the unmerged `adapter/` and, from older versions, Trainer
