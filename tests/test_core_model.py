@@ -39,7 +39,7 @@ def test_only_the_stage_parameters_receive_gradients(tiny, radiographs, stage):
     peft_model = _with_lora(model) if stage > 1 else model
     model.set_stage(stage)
     model.train()
-    inputs = processor(images=radiographs, text=REPORTS, references=["Lungs are clear.", "Heart is enlarged."],
+    inputs = processor(images=radiographs, suffix=REPORTS, references=["Lungs are clear.", "Heart is enlarged."],
                        key_phrases=[["no pneumothorax"], ["left pleural effusion", "no pneumothorax"]])
     peft_model(**inputs).loss.backward()
     with_grad = {_group(n) for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -78,7 +78,7 @@ def test_the_shared_memory_bank_receives_gradient_from_every_adapter(radiographs
 @pytest.mark.parametrize("connector", ["sma", "sma_unshared", "sma_msa", "mlp", "qformer"])
 def test_every_connector_yields_num_memory_queries_tokens(connector, radiographs):
     model, processor = build_tiny(vocab_size=512, connector=connector)
-    inputs = processor(images=[radiographs, radiographs[:1]], text=REPORTS)
+    inputs = processor(images=[radiographs, radiographs[:1]], suffix=REPORTS)
     out = model(**inputs)
     assert out.context_embeddings["image"].shape == (2, model.config.num_memory_queries,
                                                      model.config.text_config.hidden_size)
@@ -87,7 +87,7 @@ def test_every_connector_yields_num_memory_queries_tokens(connector, radiographs
 
 def test_placeholder_count_mismatch_is_a_clear_error(tiny, radiographs):
     model, processor = tiny
-    inputs = processor(images=radiographs, text=REPORTS)
+    inputs = processor(images=radiographs, suffix=REPORTS)
     image_id = model.config.image_token_id
     broken = inputs["input_ids"].clone()
     first = (broken[0] == image_id).nonzero()[0, 0]
@@ -103,7 +103,7 @@ def test_placeholder_count_mismatch_is_a_clear_error(tiny, radiographs):
 
 def test_cached_image_features_give_the_same_logits_as_pixels(tiny, radiographs):
     model, processor = tiny
-    inputs = processor(images=[radiographs, radiographs[1:]], text=REPORTS)
+    inputs = processor(images=[radiographs, radiographs[1:]], suffix=REPORTS)
     with torch.no_grad():
         from_pixels = model(**inputs).logits
         features = model.model.encode_images(inputs["pixel_values"], inputs["view_mask"])
@@ -116,8 +116,8 @@ def test_absent_views_do_not_change_the_study_embedding(tiny, radiographs):
     """A one-view study padded to two views gives the same adapter output as the same study alone."""
     model, processor = tiny
     with torch.no_grad():
-        alone = model(**processor(images=[radiographs[:1]], text=REPORTS[:1])).context_embeddings["image"]
-        padded = model(**processor(images=[radiographs[:1], radiographs], text=REPORTS)).context_embeddings["image"]
+        alone = model(**processor(images=[radiographs[:1]], suffix=REPORTS[:1])).context_embeddings["image"]
+        padded = model(**processor(images=[radiographs[:1], radiographs], suffix=REPORTS)).context_embeddings["image"]
     torch.testing.assert_close(alone[0], padded[0], atol=1e-5, rtol=1e-5)
 
 

@@ -11,7 +11,7 @@ from processing_s2d import load_radiograph, select_views
 def test_training_inputs_mask_everything_but_the_report(tiny, radiographs):
     model, processor = tiny
     report = "The heart is normal in size. No pleural effusion."
-    batch = processor(images=[radiographs[:1], radiographs], text=[report, "Lungs are clear."])
+    batch = processor(images=[radiographs[:1], radiographs], suffix=[report, "Lungs are clear."])
     ids, labels, mask = batch["input_ids"][0], batch["labels"][0], batch["attention_mask"][0]
     target = labels[labels != -100].tolist()
     expected = processor.tokenizer(report, add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
@@ -35,7 +35,7 @@ def test_generation_inputs_are_left_padded_prompts_without_labels(tiny, radiogra
 
 def test_placeholders_come_in_prefix_order(tiny, radiographs):
     _, processor = tiny
-    batch = processor(images=[radiographs[:1]], text=["Clear."], references=["x"], key_phrases=[["a", "b"]])
+    batch = processor(images=[radiographs[:1]], suffix=["Clear."], references=["x"], key_phrases=[["a", "b"]])
     ids = batch["input_ids"][0].tolist()
     first = {m: ids.index(t) for m, t in processor.placeholder_token_ids.items()}
     assert first["image"] < first["reference"] < first["keyphrases"]
@@ -43,7 +43,7 @@ def test_placeholders_come_in_prefix_order(tiny, radiographs):
 
 def test_key_phrases_are_joined_for_the_text_encoder(tiny, radiographs):
     _, processor = tiny
-    batch = processor(images=[radiographs[:1]], text=["Clear."], key_phrases=[["small left effusion", "no pneumothorax"]])
+    batch = processor(images=[radiographs[:1]], suffix=["Clear."], key_phrases=[["small left effusion", "no pneumothorax"]])
     direct = processor.text_encoder_tokenizer("small left effusion; no pneumothorax")["input_ids"]
     assert batch["keyphrase_input_ids"][0].tolist() == direct
 
@@ -52,7 +52,7 @@ def test_key_phrases_are_joined_for_the_text_encoder(tiny, radiographs):
 def test_text_with_no_report_is_a_clear_error(tiny, radiographs, report):
     _, processor = tiny
     with pytest.raises(ValueError, match="sample 1 has no report text"):
-        processor(images=radiographs, text=["Lungs are clear.", report])
+        processor(images=radiographs, suffix=["Lungs are clear.", report])
 
 
 def test_view_rule_frontal_first_then_lateral():
@@ -92,7 +92,7 @@ def test_truncated_reports_get_no_eos(tiny, radiographs):
     saved = processor.max_report_tokens
     processor.max_report_tokens = 5
     try:
-        batch = processor(images=[radiographs[:1]] * 2, text=[long_report, short])
+        batch = processor(images=[radiographs[:1]] * 2, suffix=[long_report, short])
         targets = [row[row != -100].tolist() for row in batch["labels"]]
         assert targets[0] == tokens[:5]  # cut at max_report_tokens, no EOS after the cut
         assert targets[1][-1] == eos and len(targets[1]) == 4  # a report that fits ends with EOS
@@ -106,8 +106,8 @@ def test_truncated_reports_get_no_eos(tiny, radiographs):
 
 def test_mismatched_batch_sizes_are_errors(tiny, radiographs):
     _, processor = tiny
-    with pytest.raises(ValueError, match="got 1 reports for 2 studies"):
-        processor(images=radiographs, text=["only one"])
+    with pytest.raises(ValueError, match=r"got 1 reports \(suffix\) for 2 studies"):
+        processor(images=radiographs, suffix=["only one"])
     with pytest.raises(ValueError, match="got 1 reference texts for 2 studies"):
         processor(images=radiographs, references=["only one"])
 

@@ -249,7 +249,7 @@ def test_stage1_checkpoints_hold_only_trainable_tensors_beside_the_folder_and_pu
     sent = calls[1][1]
     assert sent == sorted(listed)
     tokenizer_files = sorted(p.relative_to(folder).as_posix() for p in (folder / "text_encoder_tokenizer").iterdir())
-    assert set(sent) == {"README.md", "config.json", "configuration_s2d.py", "generation_config.json",
+    assert set(sent) == {"README.md", "chat_template.jinja", "config.json", "configuration_s2d.py", "generation_config.json",
                          "model.safetensors", "modeling_s2d.py", "processing_s2d.py", "processor_config.json",
                          "tokenizer.json", "tokenizer_config.json", *tokenizer_files}
     # a folder written by an older version, with Trainer checkpoints and an adapter inside, still sends only these
@@ -305,8 +305,8 @@ def test_stage_logs_the_image_only_and_the_full_context_eval_loss(work):
     processor = S2DAlignProcessor.from_pretrained(folder)
     images, reports = [list(r["image_paths"]) for r in rows], list(rows["report"])
     with torch.no_grad():
-        image_only = model(**processor(images=images, text=reports)).loss.item()
-        full = model(**processor(images=images, text=reports, references=list(rows["reference"]))).loss.item()
+        image_only = model(**processor(images=images, suffix=reports)).loss.item()
+        full = model(**processor(images=images, suffix=reports, references=list(rows["reference"]))).loss.item()
     assert logged["eval_image_only_loss"] == pytest.approx(image_only, rel=1e-4)
     assert logged["eval_full_loss"] == pytest.approx(full, rel=1e-4)
     assert abs(full - image_only) > 1e-3  # two conditions, two numbers

@@ -102,14 +102,14 @@ def test_cache_key_follows_encoder_weights_and_preprocessing(tiny_folder, data, 
     assert key == features.cache_key(features.cache_manifest(config, digest, processor, "float16"))
 
     # a trained stage's folder (reloaded, re-saved, its processor used in between) keeps the key
-    processor(text=["a report"], references=["a reference"])
+    processor(suffix=["a report"], references=["a reference"])
     from modeling_s2d import S2DAlignForConditionalGeneration
 
     resaved = tmp_path / "resaved"
     S2DAlignForConditionalGeneration.from_pretrained(tiny_folder.path).save_pretrained(resaved)
     processor.save_pretrained(resaved)
     reloaded = type(processor).from_pretrained(resaved)
-    reloaded(text=["x"], references=["y"], key_phrases=[["z"]])
+    reloaded(suffix=["x"], references=["y"], key_phrases=[["z"]])
     same = features.cache_manifest(features.S2DAlignConfig.from_pretrained(resaved),
                                    features.load_encoders(resaved)[1], reloaded, "float16")
     assert features.cache_key(same) == key
@@ -314,7 +314,7 @@ def test_a_dropped_batch_is_the_image_only_prompt_of_inference(tiny_folder, data
     rows = list(data.splits["train"].select(range(3)))
     processor = tiny_folder.processor
     dropped = S2DAlignCollator(processor, ("image", "reference", "keyphrases"), modality_dropout=1.0)(rows)
-    inference = processor(images=[r["image_paths"] for r in rows], text=[r["report"] for r in rows])
+    inference = processor(images=[r["image_paths"] for r in rows], suffix=[r["report"] for r in rows])
     assert "reference_input_ids" not in dropped and "keyphrase_input_ids" not in dropped
     for key in ("input_ids", "attention_mask", "labels", "pixel_values", "view_mask"):
         assert torch.equal(dropped[key], inference[key]), key

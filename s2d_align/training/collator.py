@@ -124,7 +124,7 @@ class S2DAlignCollator:
         references = ([r.get("reference") or "" for r in rows] if "reference" in modalities else None)
         phrases = self.key_phrases(rows) if "keyphrases" in modalities else None
         if self.features is None:
-            batch = dict(self.processor(images=[list(r["image_paths"]) for r in rows], text=reports,
+            batch = dict(self.processor(images=[list(r["image_paths"]) for r in rows], suffix=reports,
                                         references=references, key_phrases=phrases,
                                         view_positions=[r.get("view_positions") for r in rows]))
         else:
@@ -150,7 +150,7 @@ class S2DAlignCollator:
             batch["reference_features"], mask = _pad_stack(refs)
             batch["reference_attention_mask"] = mask.long()
         if phrases is not None:
-            encoded = self.processor(text=reports, key_phrases=phrases)
+            encoded = self.processor(key_phrases=phrases, suffix=reports)
             batch["keyphrase_input_ids"] = encoded["keyphrase_input_ids"]
             batch["keyphrase_attention_mask"] = encoded["keyphrase_attention_mask"]
         return batch

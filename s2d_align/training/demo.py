@@ -334,10 +334,11 @@ def _publish_folder(final: str, target: Path, summary: dict, config: DemoConfig)
         shutil.rmtree(target)
     shutil.copytree(final, target, ignore=shutil.ignore_patterns("checkpoints", "adapter", "*.png",
                                                                 "log_history.json"))
-    (target / "eval.json").write_text(json.dumps({k: summary[k] for k in ("table", "note", "ce_convention",
+    (target / "eval.json").write_text(json.dumps({k: summary[k] for k in ("dataset", "table", "note", "ce_convention",
                                                                            "labeler", "references")}, indent=2))
     (target / "training_info.json").write_text(json.dumps({
-        "curriculum": "s1,s2,s3", "license": "apache-2.0", "total_parameters": _count_parameters(target),
+        "curriculum": "s1,s2,s3", "license": "apache-2.0", "datasets": ["phantom"],
+        "total_parameters": _count_parameters(target),
         "warning": "**Demo model.** Trained on the synthetic phantom set with tiny stand-in encoders and LLM; it "
                    "shows the pipeline end to end and is not for clinical use.",
         "components": {"vision": "tiny Dinov2 (stand-in for microsoft/rad-dino)",

@@ -21,10 +21,12 @@ from pathlib import Path
 
 from modeling_s2d import S2DAlignForConditionalGeneration
 
+from ..build import set_generation_defaults
 from .zero import outside_zero_init
 
 ADAPTER_DIR = "adapter"
 STAGE_FILE = "s2d_stage.json"
+INFO_FILE = "training_info.json"  # provenance read by the model card: components, datasets
 
 
 def checkpoint_dir(output_dir) -> Path:
@@ -43,6 +45,7 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
         if trainer.accelerator.is_main_process:
             with outside_zero_init():
                 merged = merge_adapter(model_path, adapter, dtype)
+            set_generation_defaults(merged, processor)
             merged.save_pretrained(out)
             processor.save_pretrained(out)
             _drop_pickles(adapter)
@@ -54,12 +57,14 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
         # other. Forgetting them (a private attribute that transformers' revert_weight_conversion reads) saves the
         # default format, as a plain run does.
         trainer.model._weight_conversions = None
+        set_generation_defaults(trainer.model, processor)
         trainer.save_model(str(out))  # the whole model (gathered under ZeRO-3), config, processor, remote code
     if trainer.accelerator.is_main_process:
         _drop_pickles(out)
         write_logs(trainer.state.log_history, out, title=f"stage {spec.name}")
         (out / "training_args.json").write_text(trainer.args.to_json_string())
         (out / STAGE_FILE).write_text(json.dumps({**summary, "complete": True}, indent=1, default=str))
+        carry_training_info(model_path, out, summary.get("dataset"))
     trainer.accelerator.wait_for_everyone()
     return out
 
@@ -83,6 +88,19 @@ def merge_adapter(model_path, adapter_dir, dtype) -> S2DAlignForConditionalGener
             module.merge()
             module.get_base_layer().to(stored)
     return model.unload()  # every LoRA layer is merged: unloading keeps the merged base layers
+
+
+def carry_training_info(model_path, out: Path, dataset_path) -> None:
+    """Copy the stage input's `training_info.json` (components, written by `s2d build`) to the stage's folder and
+    add the stage's dataset (from its `prepare_summary.json`): the model card's licence and datasets come from it."""
+    source = Path(model_path) / INFO_FILE
+    info = json.loads(source.read_text()) if source.is_file() else {}
+    summary = Path(dataset_path or "") / "prepare_summary.json"
+    dataset = json.loads(summary.read_text()).get("options", {}).get("dataset") if summary.is_file() else None
+    if dataset:
+        info["datasets"] = sorted(set(info.get("datasets", [])) | {dataset})
+    if info:
+        (out / INFO_FILE).write_text(json.dumps(info, indent=1))
 
 
 def _drop_pickles(folder: Path) -> None:
