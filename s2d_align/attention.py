@@ -230,5 +230,22 @@ def write_attention_maps(out_dir: str | Path, ids: list, results: list[dict]) ->
     return paths
 
 
-__all__ = ["patch_attention", "study_attention_images", "upsample_to_image", "encoder_crop_box", "zone_mass",
+def opacity_zone_masses(model, processor, images: list, boxes: list, batch_size: int = 32) -> dict:
+    """The grounding check of the phantom set: for images with one focal opacity each (its pixel box), the map's
+    mass inside the opacity's box and inside the mirror box on the other side (`mirror_box`).
+
+    Returns `{"inside": [...], "mirror": [...], "mean_inside", "mean_mirror", "inside_larger": count, "studies"}`.
+    A map that ignores the image puts about the same mass in both (the phantom thorax is nearly symmetric).
+    """
+    results = study_attention_images(model, processor, images, batch_size=batch_size)
+    inside, mirror = [], []
+    for result, box in zip(results, boxes):
+        heat = result["heat"][0]  # one frontal view per phantom study
+        inside.append(zone_mass(heat, box))
+        mirror.append(zone_mass(heat, mirror_box(box, heat.shape[1])))
+    return {"studies": len(inside), "mean_inside": float(np.mean(inside)), "mean_mirror": float(np.mean(mirror)),
+            "inside_larger": int(sum(a > b for a, b in zip(inside, mirror))), "inside": inside, "mirror": mirror}
+
+
+__all__ = ["opacity_zone_masses", "patch_attention", "study_attention_images", "upsample_to_image", "encoder_crop_box", "zone_mass",
            "mirror_box", "overlay", "write_attention_maps", "side_by_side"]
