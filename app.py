@@ -104,7 +104,7 @@ def phantom_examples(model_dir: str | None, count: int = 4) -> list[str]:
     (`out/demo/data`); none when that is missing."""
     if not model_dir:
         return []
-    data = Path(model_dir).resolve().parent / "data"
+    data = Path(os.path.abspath(model_dir)).parent / "data"  # not resolve(): the demo's final/ may be a symlink
     if not (data / "dataset_dict.json").is_file():
         return []
     from datasets import load_from_disk
@@ -139,7 +139,8 @@ def build_demo(app: ReportApp):
                                    interactive=app.model is not None)
             with gr.Column():
                 report = gr.Textbox(label="Findings", lines=8, elem_id="report")
-                heat = gr.Image(label="Where the model looked", type="pil", format="png", elem_id="heatmap")  # lossless
+                heat = gr.Image(label="Where the model looked", type="pil", format="png", height=360,
+                                elem_id="heatmap")  # png: lossless, the same pixels as `s2d generate --attention-maps`
                 status = gr.Markdown(elem_id="status")
         examples = phantom_examples(app.model_dir)
         if examples:
