@@ -27,7 +27,7 @@ from PIL import Image
 ATTENTION_CONNECTORS = ("sma", "sma_unshared")
 
 
-def _image_adapter(model):
+def image_adapter(model):
     """The image adapter of a model (bare S2D-Align, its body, or a PEFT wrapper around either)."""
     config = model.config
     if getattr(config, "connector", None) not in ATTENTION_CONNECTORS:
@@ -62,7 +62,7 @@ def patch_attention(model, pixel_values: torch.Tensor, view_mask: torch.Tensor |
     """
     if reduce not in ("mean", "none"):
         raise ValueError(f"reduce must be 'mean' or 'none', got {reduce!r}")
-    adapter = _image_adapter(model)
+    adapter = image_adapter(model)
     body = model.model if hasattr(model, "lm_head") else model
     vision = model.config.vision_config
     device = next(adapter.parameters()).device
@@ -247,5 +247,5 @@ def opacity_zone_masses(model, processor, images: list, boxes: list, batch_size:
             "inside_larger": int(sum(a > b for a, b in zip(inside, mirror))), "inside": inside, "mirror": mirror}
 
 
-__all__ = ["opacity_zone_masses", "patch_attention", "study_attention_images", "upsample_to_image", "encoder_crop_box", "zone_mass",
-           "mirror_box", "overlay", "write_attention_maps", "side_by_side"]
+__all__ = ["image_adapter", "patch_attention", "study_attention_images", "opacity_zone_masses", "upsample_to_image",
+           "encoder_crop_box", "zone_mass", "mirror_box", "overlay", "write_attention_maps", "side_by_side"]

@@ -180,6 +180,10 @@ def _shard_rows(args, state, ids, studies, positions) -> list[tuple[int, dict]]:
     with state.split_between_processes(list(range(len(studies)))) as mine:
         mine = list(mine)
     model, processor = load_model(args.model, device=str(state.device))
+    if args.attention_maps:  # a connector without cross-attention has no maps: say so before generating anything
+        from s2d_align.attention import image_adapter
+
+        image_adapter(model)
     pick = (lambda seq: [seq[i] for i in mine]) if mine else (lambda seq: [])
     shard_positions = pick(positions) if positions is not None else None
     rows = generate_rows(model, processor, pick(studies), batch_size=args.batch_size,

@@ -54,6 +54,13 @@ def test_hook_weights_equal_the_attention_math_and_leave_outputs_unchanged(tiny,
             np.testing.assert_allclose(view["grid"], (part / part.sum()).reshape(side, side).numpy(), atol=1e-5)
             assert view["grid"].shape == (side, side) and abs(view["grid"].sum() - 1) < 1e-5
         assert abs(sum(view["share"] for view in study) - 1) < 1e-5
+    per_query = patch_attention(model, inputs["pixel_values"], inputs["view_mask"], reduce="none")[0][0]["grid"]
+    heads, queries = weights.shape[1:3]
+    assert per_query.shape == (heads, queries, side, side)
+    np.testing.assert_allclose(per_query.sum((-2, -1)), 1.0, atol=1e-5)
+    part = weights[0, :, :, :patches]
+    np.testing.assert_allclose(per_query, (part / part.sum(-1, keepdim=True)).reshape(heads, queries, side, side),
+                               atol=1e-5)
 
 
 def test_map_lands_where_the_encoder_saw_the_patch(tiny):
@@ -87,13 +94,18 @@ def test_zone_helpers():
     assert zone_mass(heat, [-5, -5, 4, 3]) == pytest.approx(0.25)  # clipped to the image
 
 
-def test_maps_need_a_cross_attention_connector():
+def test_maps_need_a_cross_attention_connector(tmp_path, radiographs, capsys):
     from s2d_align.tiny import build_tiny
 
     model, processor = build_tiny(vocab_size=300, connector="mlp", max_views=1)
     inputs = processor(images=[np.full((64, 64), 100, np.uint8)])
     with pytest.raises(ValueError, match="connector is 'mlp'"):
         patch_attention(model, inputs["pixel_values"], inputs["view_mask"])
+    model.save_pretrained(tmp_path / "mlp")
+    processor.save_pretrained(tmp_path / "mlp")
+    assert main(["generate", "--model", str(tmp_path / "mlp"), "--images", radiographs[0], "--attention-maps",
+                 str(tmp_path / "maps"), "--out", str(tmp_path / "p.jsonl")]) == 2
+    assert "connector is 'mlp'" in capsys.readouterr().err and not (tmp_path / "p.jsonl").exists()
 
 
 def _phantom_opacities(per_zone: int = 2, seed: int = 1234, size: int = 128):
