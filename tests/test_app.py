@@ -133,8 +133,8 @@ def page(saved):
         server.wait(timeout=30)
 
 
-def _generate(driver, image: Path, timeout: float = 180) -> tuple[str, str]:
-    """Upload `image` as the frontal view, press the button, wait for the status line; (report, status)."""
+def _generate(driver, image: Path, timeout: float = 180) -> str:
+    """Upload `image` as the frontal view, press the button, wait for the status line and return it."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -148,9 +148,22 @@ def _generate(driver, image: Path, timeout: float = 180) -> tuple[str, str]:
     wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#generate"))).click()
     final = ("Report generated", "Could not use", "Generation failed", "Upload a frontal")
     wait.until(lambda d: (text := d.find_element(By.ID, "status").text.strip()) != before and text.startswith(final))
-    time.sleep(1)  # Gradio fills the outputs one after the other
-    report = driver.find_element(By.CSS_SELECTOR, "#report textarea").get_attribute("value")
-    return report, driver.find_element(By.ID, "status").text
+    return driver.find_element(By.ID, "status").text
+
+
+def _report_becomes(driver, expected: str, timeout: float = 60) -> str:
+    """The report box's text once it equals `expected` (Gradio fills the outputs one after the other), or the text
+    it still shows after `timeout` s."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    value = lambda d: d.find_element(By.CSS_SELECTOR, "#report textarea").get_attribute("value")  # noqa: E731
+    try:
+        WebDriverWait(driver, timeout).until(lambda d: value(d) == expected)
+    except TimeoutException:
+        pass
+    return value(driver)
 
 
 def _clear_frontal(driver) -> None:
@@ -167,12 +180,13 @@ def test_the_page_in_headless_chromium(page, saved, uploads, tiny, tmp_path):
 
     driver, port = page
     image = uploads / "phantom.png"
-    report, status = _generate(driver, image)
+    status = _generate(driver, image)
     preds, maps = tmp_path / "preds.jsonl", tmp_path / "maps"
     assert main(["generate", "--model", str(saved), "--images", str(image), "--out", str(preds),
                  "--attention-maps", str(maps), "--no-progress"]) == 0
     expected = json.loads(preds.read_text().splitlines()[0])
-    assert report == expected["report"] and "Report generated" in status
+    assert "Report generated" in status and expected["report"]
+    assert _report_becomes(driver, expected["report"]) == expected["report"]
     shown = driver.find_element(By.CSS_SELECTOR, "#heatmap img")
     assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", shown) == 128
     source = shown.get_attribute("src")
@@ -183,6 +197,6 @@ def test_the_page_in_headless_chromium(page, saved, uploads, tiny, tmp_path):
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SCREENSHOT))
     _clear_frontal(driver)
-    report, status = _generate(driver, uploads / "notes.png")
+    status = _generate(driver, uploads / "notes.png")
     assert "Could not use this upload: cannot read image notes.png" in status, status
-    assert report == "" and "Traceback" not in driver.page_source
+    assert _report_becomes(driver, "") == "" and "Traceback" not in driver.page_source
