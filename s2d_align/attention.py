@@ -174,7 +174,8 @@ def study_attention_images(model, processor, studies: list, view_positions: list
     for start in range(0, len(studies), batch_size):
         chunk = [s if isinstance(s, (list, tuple)) else [s] for s in studies[start: start + batch_size]]
         positions = view_positions[start: start + batch_size] if view_positions is not None else [None] * len(chunk)
-        picked = [[views[i] for i in select_views(views, pos, processor.max_views)] for views, pos in zip(chunk, positions)]
+        picked = [[views[i] for i in select_views(views, pos, processor.max_views)]
+                  for views, pos in zip(chunk, positions)]
         loaded = [[load_radiograph(v) for v in views] for views in picked]
         inputs = processor.image_processor([im for views in loaded for im in views], return_tensors="pt")
         pixels = _stack_views(inputs["pixel_values"], [len(v) for v in loaded])

@@ -58,7 +58,8 @@ def uploads(tmp_path_factory):
 def test_bad_uploads_are_messages_not_tracebacks(saved, uploads):
     app = _load_app().ReportApp(str(saved))
     report, heat, status = app.run(str(uploads / "notes.png"))
-    assert (report, heat) == ("", None) and status.startswith("**Could not use this upload:** cannot read image notes.png")
+    assert (report, heat) == ("", None)
+    assert status.startswith("**Could not use this upload:** cannot read image notes.png")
     report, heat, status = app.run(str(uploads / "tiny.png"))
     assert heat is None and "tiny.png is 12x10 px" in status and "Traceback" not in status
     report, heat, status = app.run(str(uploads / "deep.png"))  # 16-bit: read (windowed), with a note
