@@ -127,13 +127,21 @@ class S2DMemoryAdapter(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.norm = nn.LayerNorm(output_dim)
 
+    # Attention-map hook: with `output_attentions = True` on an `sma` adapter, each call keeps its cross-attention
+    # weights of the memory queries over the features in `last_attentions`, (B, heads, N_mem, L), not averaged.
+    # Off by default: asking MultiheadAttention for weights leaves its fused kernel (s2d_align.attention uses this).
+    output_attentions = False
+    last_attentions = None
+
     def forward(self, features: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """features: (B, L, feature_dim); valid: (B, L) bool; memory: (B, N_mem, d_v) shared queries or None."""
         features = self.input_proj(features.to(self.norm.weight.dtype))
         if self.memory_bank is not None:
             memory = self.memory_bank(features.shape[0])
         if self.kind == "sma":
-            hidden, _ = self.attention(memory, features, features, key_padding_mask=~valid, need_weights=False)
+            hidden, weights = self.attention(memory, features, features, key_padding_mask=~valid,
+                                             need_weights=self.output_attentions, average_attn_weights=False)
+            self.last_attentions = weights if self.output_attentions else None
         elif self.kind == "sma_msa":
             hidden, _ = self.attention(features, features, features, key_padding_mask=~valid, need_weights=False)
             hidden = _segment_mean_pool(hidden, valid, self.num_queries)
