@@ -125,6 +125,9 @@ class S2DAlignProcessor(ProcessorMixin):
             target gets no EOS (the model must not learn to stop mid-sentence); `report_truncation` counts them.
             The longest training target is `max_report_tokens + 1` tokens (with EOS): the generation default.
         max_context_tokens: reference / key-phrase texts are truncated to this many text-encoder tokens.
+        image_tokens_per_view: `<image>` placeholders per present view for the all-patch `llava` connector (the
+            model config's `image_tokens_per_view`, e.g. 1369); None (the memory-adapter connectors): the image gets
+            `num_memory_queries` placeholders whatever the number of views.
 
     Call with `images` (one entry per study: an image or a list of views; paths, PIL images or arrays), optional
     `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text`
@@ -138,9 +141,10 @@ class S2DAlignProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, text_encoder_tokenizer=None, num_memory_queries=64,
                  max_views=2, prompt=DEFAULT_PROMPT, answer_marker=DEFAULT_ANSWER_MARKER, max_report_tokens=256,
                  max_context_tokens=256, image_token="<image>", reference_token="<reference>",
-                 keyphrase_token="<keyphrases>", chat_template=None, **kwargs):
+                 keyphrase_token="<keyphrases>", chat_template=None, image_tokens_per_view=None, **kwargs):
         # extra attributes are set before super().__init__ so they round-trip through processor_config.json
         self.num_memory_queries = num_memory_queries
+        self.image_tokens_per_view = image_tokens_per_view
         self.max_views = max_views
         self.prompt = prompt
         self.answer_marker = answer_marker
@@ -172,15 +176,24 @@ class S2DAlignProcessor(ProcessorMixin):
                 "reference_attention_mask", "keyphrase_input_ids", "keyphrase_attention_mask"]
 
     # -- building blocks ----------------------------------------------------------------------------------------
-    def prompt_ids(self, modalities) -> list:
-        """Token ids of the prompt for the given context modalities (BOS first, answer marker last)."""
-        context = "".join(self.placeholder_tokens[m] * self.num_memory_queries for m in modalities)
+    def placeholder_count(self, modality: str, views: int = 1) -> int:
+        """Placeholders written for `modality`: `num_memory_queries`, or for the image under the all-patch `llava`
+        connector `image_tokens_per_view` per present view."""
+        if modality == "image" and self.image_tokens_per_view:
+            return self.image_tokens_per_view * views
+        return self.num_memory_queries
+
+    def prompt_ids(self, modalities, views: int = 1) -> list:
+        """Token ids of the prompt for the given context modalities (BOS first, answer marker last); `views`: the
+        study's present views (it matters only under the `llava` connector)."""
+        counts = {m: self.placeholder_count(m, views) for m in modalities}
+        context = "".join(self.placeholder_tokens[m] * counts[m] for m in modalities)
         ids = self.tokenizer(self.prompt.format(context=context), add_special_tokens=True)["input_ids"]
         marker = self.tokenizer(self.answer_marker, add_special_tokens=False)["input_ids"]
         for modality in modalities:  # a tokenizer that split the placeholders would silently break the model
             found = ids.count(self.placeholder_token_ids[modality])
-            if found != self.num_memory_queries:
-                raise ValueError(f"the tokenizer turned {self.num_memory_queries} {modality} placeholders into "
+            if found != counts[modality]:
+                raise ValueError(f"the tokenizer turned {counts[modality]} {modality} placeholders into "
                                  f"{found} tokens; the placeholders must be single special tokens")
         return ids + marker
 
@@ -259,16 +272,18 @@ class S2DAlignProcessor(ProcessorMixin):
             phrases = [p if isinstance(p, str) else "; ".join(p) for p in _as_list(key_phrases)]
             data.update(self._context_text(phrases, "keyphrase", batch))
             modalities.append("keyphrases")
-        prompt = self.prompt_ids(modalities)
+        views = data["view_mask"].sum(1).tolist() if images is not None else [1] * batch
+        prompts = {v: self.prompt_ids(modalities, v) for v in set(views)}  # one prompt per view count (llava)
+        prompt = [prompts[v] for v in views]
         if text is None:
-            rows, labels = [prompt] * batch, None
+            rows, labels = prompt, None
         else:
             reports = _as_list(text)
             if len(reports) != batch:
                 raise ValueError(f"got {len(reports)} reports for {batch} studies")
             answers = [self.report_ids(r, i) for i, r in enumerate(reports)]
-            rows = [prompt + a for a in answers]
-            labels = [[-100] * len(prompt) + a for a in answers]
+            rows = [p + a for p, a in zip(prompt, answers)]
+            labels = [[-100] * len(p) + a for p, a in zip(prompt, answers)]
         data.update(self.pad_sequences(rows, labels, left=text is None))
         return BatchFeature(data=data, tensor_type=return_tensors)
 

@@ -119,5 +119,6 @@ def build_tiny(texts: list[str] | None = None, *, vocab_size: int = 1024, seed: 
     processor = S2DAlignProcessor(
         image_processor=tiny_image_processor(config.vision_config.image_size), tokenizer=tokenizer,
         text_encoder_tokenizer=AutoTokenizer.from_pretrained(minilm_path()),
-        num_memory_queries=config.num_memory_queries, max_views=config.max_views)
+        num_memory_queries=config.num_memory_queries, max_views=config.max_views,
+        image_tokens_per_view=config.image_tokens_per_view)
     return model, processor
