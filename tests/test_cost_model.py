@@ -80,3 +80,26 @@ def test_config_file_errors_name_the_file(tmp_path):
     good = tmp_path / "config.json"
     good.write_text(json.dumps({"connector": "llava", "num_memory_queries": 32}))
     assert cost.load_config(str(tmp_path)).connector == "llava"
+
+
+def test_gpu_benchmark_runs_each_system_as_its_own_model():
+    """bench.gpu shares one LLM between the two systems by swapping the connector: what it runs for the peer must be
+    exactly a `connector: llava` model with those weights (checked here on CPU at the tiny size, 518 px / patch 14)."""
+    from bench import gpu
+    from modeling_s2d import S2DAlignForConditionalGeneration
+
+    systems = gpu.Systems("tiny", "cpu", torch.float32)
+    systems.model.eval()
+    for name in ("peer", "ours"):
+        batch = gpu.training_batch(systems, name, 1, 1)
+        expected_images = 37 * 37 if name == "peer" else 64
+        assert int((batch["input_ids"] == systems.configs[name].image_token_id).sum()) == expected_images
+        with systems.use(name) as model, torch.no_grad():
+            swapped = model(**batch).logits
+        assert systems.model.config.connector == "sma"  # restored after the block
+        state = {k: v for k, v in systems.model.state_dict().items() if ".connector." not in k}
+        state |= {f"model.connector.{k}": v for k, v in systems.connectors[name].state_dict().items()}
+        alone = S2DAlignForConditionalGeneration(systems.configs[name]).eval()
+        alone.load_state_dict(state)
+        with torch.no_grad():
+            torch.testing.assert_close(swapped, alone(**batch).logits)
