@@ -10,7 +10,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-CONNECTORS = ("sma", "sma_unshared", "sma_msa", "mlp", "qformer")
+CONNECTORS = ("sma", "sma_unshared", "sma_msa", "mlp", "qformer", "llava")
 MODALITIES = ("image", "reference", "keyphrases")
 
 
@@ -40,7 +40,11 @@ class S2DAlignConfig(PreTrainedConfig):
         adapter_mlp_depth: linear layers in each adapter's MLP (3 in the paper).
         connector: `sma` (the paper's: one `Q_mem` shared by all adapters), `sma_unshared` (one memory bank per
             adapter), `sma_msa` (self-attention over the features + MLP, no memory bank), `mlp` (Llava-style MLP),
-            `qformer` (MLP + a small Q-Former); the ablations of the paper's Table 4.
+            `qformer` (MLP + a small Q-Former); the ablations of the paper's Table 4. `llava` (the LLaVA-1.5 /
+            RRG24-style peer, not an S2D-Align variant): a 2-layer MLP (GELU) over every patch token, no pooling and no
+            LayerNorm, so the image prefix holds `image_tokens_per_view` tokens per view (1369 for Rad-DINO at 518 px)
+            and the processor writes that many `<image>` placeholders per present view; the reference and key-phrase
+            adapters stay `sma` (shared `Q_mem`), so the curriculum still runs with it.
         qformer_num_layers: layers of the Q-Former used by the `qformer` connector.
         max_views: the largest number of images (views) one study may have.
         image_position_embedding: `none` (the paper's SMA: the adapter sees the encoder's patch tokens as they are)
@@ -98,7 +102,7 @@ class S2DAlignConfig(PreTrainedConfig):
     num_memory_queries: int = 64
     adapter_num_heads: int = 8
     adapter_mlp_depth: int = 3
-    connector: Literal["sma", "sma_unshared", "sma_msa", "mlp", "qformer"] = "sma"
+    connector: Literal["sma", "sma_unshared", "sma_msa", "mlp", "qformer", "llava"] = "sma"
     qformer_num_layers: int = 2
     max_views: int = 2
     image_position_embedding: Literal["none", "sincos2d"] = "none"
@@ -125,6 +129,14 @@ class S2DAlignConfig(PreTrainedConfig):
         if len(set(ids.values())) != len(ids) or max(ids.values()) >= self.text_config.vocab_size:
             raise ValueError(f"placeholder token ids {ids} must be distinct and < the LLM vocab size "
                              f"{self.text_config.vocab_size}")
+
+    @property
+    def image_tokens_per_view(self) -> int | None:
+        """Image-prefix tokens per view under the all-patch `llava` connector (the patch grid, e.g. 37 x 37 = 1369);
+        None for the pooling connectors, whose image prefix is `num_memory_queries` tokens whatever the views."""
+        if self.connector != "llava":
+            return None
+        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
 
     @property
     def placeholder_token_ids(self) -> dict:

@@ -101,7 +101,9 @@ class S2DMemoryAdapter(nn.Module):
       - `sma`: queries are the (shared or own) memory bank, 8-head cross-attention to the features;
       - `sma_msa`: multi-head self-attention over the features, then pooled to N_mem tokens (no memory);
       - `mlp`: the features pooled to N_mem tokens (no attention);
-      - `qformer`: own learned queries through a small Q-Former (self-attn + cross-attn + FFN per layer).
+      - `qformer`: own learned queries through a small Q-Former (self-attn + cross-attn + FFN per layer);
+      - `llava`: LLaVA-1.5's `mlp2x_gelu` projector, Linear -> GELU -> Linear over every token, no pooling and no
+        LayerNorm (as in LLaVA), output (B, L, llm_width): one LLM token per patch.
     """
 
     def __init__(self, kind: str, feature_dim: int, memory_dim: int, output_dim: int, num_queries: int,
@@ -118,6 +120,8 @@ class S2DMemoryAdapter(nn.Module):
             layer = nn.TransformerDecoderLayer(memory_dim, num_heads, 4 * memory_dim, dropout=0.0,
                                                activation="gelu", batch_first=True, norm_first=True)
             self.qformer = nn.TransformerDecoder(layer, qformer_layers)
+        if kind == "llava":
+            mlp_depth = 2  # LLaVA-1.5's projector is exactly two linear layers, whatever adapter_mlp_depth says
         layers, width = [], memory_dim
         for i in range(mlp_depth):
             layers.append(nn.Linear(width, output_dim))
@@ -125,7 +129,7 @@ class S2DMemoryAdapter(nn.Module):
                 layers.append(nn.GELU())
             width = output_dim
         self.mlp = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(output_dim)
+        self.norm = nn.Identity() if kind == "llava" else nn.LayerNorm(output_dim)
 
     # Attention-map hook: with `output_attentions = True` on an `sma` adapter, each call keeps its cross-attention
     # weights of the memory queries over the features in `last_attentions`, (B, heads, N_mem, L), not averaged.
@@ -135,7 +139,7 @@ class S2DMemoryAdapter(nn.Module):
 
     def forward(self, features: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """features: (B, L, feature_dim); valid: (B, L) bool; memory: (B, N_mem, d_v) shared queries or None."""
-        features = self.input_proj(features.to(self.norm.weight.dtype))
+        features = self.input_proj(features.to(self.mlp[0].weight.dtype))
         if self.memory_bank is not None:
             memory = self.memory_bank(features.shape[0])
         if self.kind == "sma":
@@ -147,6 +151,8 @@ class S2DMemoryAdapter(nn.Module):
             hidden = _segment_mean_pool(hidden, valid, self.num_queries)
         elif self.kind == "mlp":
             hidden = _segment_mean_pool(features, valid, self.num_queries)
+        elif self.kind == "llava":  # every token; absent-view tokens are dropped when scattered into the prompt
+            hidden = features
         else:  # qformer
             hidden = self.qformer(memory, features, memory_key_padding_mask=~valid)
         return self.norm(self.mlp(hidden))
@@ -160,13 +166,18 @@ class S2DAlignConnector(nn.Module):
         d_v = config.vision_config.hidden_size
         d_t = config.text_encoder_config.hidden_size
         d_llm = config.text_config.hidden_size
-        kind = "sma" if config.connector in ("sma", "sma_unshared") else config.connector
+        kind = "sma" if config.connector in ("sma", "sma_unshared", "llava") else config.connector
         needs_queries = config.connector in ("sma_unshared", "qformer")
         # The paper's key design: a single memory bank for every adapter and stage (Table 4, "w/o Shared Memory").
-        self.memory_bank = S2DMemoryBank(config.num_memory_queries, d_v) if config.connector == "sma" else None
+        # `llava` replaces only the image adapter; its text adapters keep the shared bank so stages 2-3 still run.
+        shared = config.connector in ("sma", "llava")
+        self.memory_bank = S2DMemoryBank(config.num_memory_queries, d_v) if shared else None
         widths = {"image": d_v, "reference": d_t, "keyphrases": d_t}
+        kinds = {m: kind for m in MODALITIES}
+        if config.connector == "llava":
+            kinds["image"] = "llava"
         self.adapters = nn.ModuleDict({
-            modality: S2DMemoryAdapter(kind, widths[modality], d_v, d_llm, config.num_memory_queries,
+            modality: S2DMemoryAdapter(kinds[modality], widths[modality], d_v, d_llm, config.num_memory_queries,
                                        config.adapter_num_heads, config.adapter_mlp_depth,
                                        config.qformer_num_layers, own_memory=needs_queries)
             for modality in MODALITIES
@@ -283,8 +294,20 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
             contexts[modality] = self.connector(modality, features, mask.bool())
         return contexts
 
-    def scatter_context(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, contexts: dict) -> torch.Tensor:
-        """Replace each modality's placeholder tokens with its adapter output; the counts must match exactly."""
+    def image_token_mask(self, image_context: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, V * P) bool: which tokens of an all-patch (`llava`) image context belong to present views; None for
+        the pooling connectors (all `N_mem` tokens are used). Absent (padded) views have no placeholders: a study
+        costs the LLM `views * P` tokens, and its output does not depend on the other studies of the batch."""
+        if self.config.connector != "llava" or view_mask is None:
+            return None
+        batch, tokens = image_context.shape[:2]
+        per_view = tokens // view_mask.shape[1]
+        return view_mask[:, :, None].expand(-1, -1, per_view).reshape(batch, tokens).to(image_context.device)
+
+    def scatter_context(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, contexts: dict,
+                        image_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace each modality's placeholder tokens with its adapter output; the counts must match exactly, row by
+        row. `image_valid` (B, N) selects the image-context tokens to place (`image_token_mask`; None: all)."""
         for modality, token_id in self.config.placeholder_token_ids.items():
             mask = input_ids == token_id
             found = int(mask.sum())
@@ -294,14 +317,19 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
                                      "inputs were given")
                 continue
             context = contexts[modality]
-            expected = context.shape[0] * context.shape[1]
-            if found != expected:
+            keep = image_valid if modality == "image" and image_valid is not None else None
+            source = context if keep is None else context[keep]
+            if keep is None:
+                keep = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+            expected = int(keep.sum())
+            if found != expected or not torch.equal(mask.sum(1).cpu(), keep.sum(1).cpu()):
                 raise ValueError(
                     f"placeholder mismatch for {modality}: the prompt holds {found} placeholder tokens (id {token_id}) "
-                    f"but the adapter produced {context.shape[0]} x {context.shape[1]} = {expected} embeddings; "
-                    "build the inputs with S2DAlignProcessor (it writes num_memory_queries placeholders per sample)")
+                    f"but the adapter produced {expected} embeddings ({context.shape[0]} x {context.shape[1]}"
+                    f"{', present views only' if image_valid is not None and modality == 'image' else ''}); build the "
+                    "inputs with S2DAlignProcessor (it writes the model's number of placeholders per sample)")
             inputs_embeds = inputs_embeds.masked_scatter(mask.unsqueeze(-1),
-                                                         context.to(inputs_embeds.dtype))
+                                                         source.to(inputs_embeds.dtype))
         return inputs_embeds
 
     def forward(
@@ -333,7 +361,8 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
             pixel_values, view_mask, image_features, reference_input_ids, reference_attention_mask,
             reference_features, keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features)
         if input_ids is not None:
-            inputs_embeds = self.scatter_context(input_ids, inputs_embeds, contexts)
+            image_valid = self.image_token_mask(contexts["image"], view_mask) if "image" in contexts else None
+            inputs_embeds = self.scatter_context(input_ids, inputs_embeds, contexts, image_valid)
         elif contexts:
             raise ValueError("context inputs need input_ids (the placeholder positions)")
         kwargs.pop("num_items_in_batch", None)

@@ -166,6 +166,9 @@ class S2DAlignProcessor(ProcessorMixin):
             target gets no EOS (the model must not learn to stop mid-sentence); `report_truncation` counts them.
             The longest training target is `max_report_tokens + 1` tokens (with EOS): the generation default.
         max_context_tokens: reference / key-phrase texts are truncated to this many text-encoder tokens.
+        image_tokens_per_view: `<image>` placeholders per present view for the all-patch `llava` connector (the
+            model config's `image_tokens_per_view`, e.g. 1369); None (the memory-adapter connectors): the image gets
+            `num_memory_queries` placeholders whatever the number of views.
 
     Call with `images` (one entry per study: an image or a list of views; paths, PIL images or arrays), optional
     `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text`
@@ -195,9 +198,10 @@ class S2DAlignProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, text_encoder_tokenizer=None, num_memory_queries=64,
                  max_views=2, prompt=DEFAULT_PROMPT, answer_marker=DEFAULT_ANSWER_MARKER, max_report_tokens=256,
                  max_context_tokens=256, image_token="<image>", reference_token="<reference>",
-                 keyphrase_token="<keyphrases>", chat_template=None, **kwargs):
+                 keyphrase_token="<keyphrases>", chat_template=None, image_tokens_per_view=None, **kwargs):
         # extra attributes are set before super().__init__ so they round-trip through processor_config.json
         self.num_memory_queries = num_memory_queries
+        self.image_tokens_per_view = image_tokens_per_view
         self.max_views = max_views
         self.prompt = prompt
         self.answer_marker = answer_marker
@@ -231,8 +235,12 @@ class S2DAlignProcessor(ProcessorMixin):
                 "reference_attention_mask", "keyphrase_input_ids", "keyphrase_attention_mask"]
 
     # -- building blocks ----------------------------------------------------------------------------------------
-    def num_placeholders(self, modality: str) -> int:
-        """How many placeholder tokens stand for one modality in the prompt (the model's prefix length for it)."""
+    def num_placeholders(self, modality: str, views: int = 1) -> int:
+        """How many placeholder tokens stand for one modality in the prompt (the model's prefix length for it):
+        `num_memory_queries`, or for the image under the all-patch `llava` connector `image_tokens_per_view` per
+        present view."""
+        if modality == "image" and self.image_tokens_per_view:
+            return self.image_tokens_per_view * views
         return self.num_memory_queries
 
     def prompt_text(self, modalities=("image",)) -> str:
@@ -241,11 +249,12 @@ class S2DAlignProcessor(ProcessorMixin):
         context = "".join(self.placeholder_tokens[m] for m in modalities)
         return self.prompt.format(context=context) + self.answer_marker
 
-    def prompt_ids(self, modalities) -> list:
-        """Token ids of the trained prompt for the given context modalities (BOS first, answer marker last)."""
-        return self.encode_prompt(self.prompt_text(modalities), modalities)
+    def prompt_ids(self, modalities, views: int = 1) -> list:
+        """Token ids of the trained prompt for the given context modalities (BOS first, answer marker last); `views`:
+        the study's present views (it matters only under the `llava` connector)."""
+        return self.encode_prompt(self.prompt_text(modalities), modalities, views=views)
 
-    def encode_prompt(self, text: str, modalities, add_special_tokens: bool = True) -> list:
+    def encode_prompt(self, text: str, modalities, add_special_tokens: bool = True, views: int = 1) -> list:
         """Token ids of a prompt: the run of each modality's placeholder token is expanded to its block of
         `num_placeholders` tokens. A prompt ending with the answer marker has it tokenized on its own, as in training
         (the marker's tokens must not merge with the instruction's last word)."""
@@ -255,7 +264,7 @@ class S2DAlignProcessor(ProcessorMixin):
             if len(runs) != 1:
                 raise ValueError(f"the prompt must hold one {token} (or one run of them) for the {modality} input; "
                                  f"it holds {len(runs)} runs: {text!r}")
-            text = text.replace(runs[0], token * self.num_placeholders(modality), 1)
+            text = text.replace(runs[0], token * self.num_placeholders(modality, views), 1)
         for modality, token in self.placeholder_tokens.items():
             if modality not in modalities and token in text:
                 given = {"image": "images", "reference": "references", "keyphrases": "key_phrases"}[modality]
@@ -266,7 +275,7 @@ class S2DAlignProcessor(ProcessorMixin):
             marker = self.tokenizer(self.answer_marker, add_special_tokens=False)["input_ids"]
         ids = self.tokenizer(head, add_special_tokens=add_special_tokens)["input_ids"]
         for modality in modalities:  # a tokenizer that split the placeholders would silently break the model
-            found, wanted = ids.count(self.placeholder_token_ids[modality]), self.num_placeholders(modality)
+            found, wanted = ids.count(self.placeholder_token_ids[modality]), self.num_placeholders(modality, views)
             if found != wanted:
                 raise ValueError(f"the tokenizer turned {wanted} {modality} placeholders into {found} tokens; the "
                                  "placeholders must be single special tokens")
@@ -353,7 +362,9 @@ class S2DAlignProcessor(ProcessorMixin):
             phrases = [p if isinstance(p, str) else "; ".join(p) for p in _as_list(key_phrases)]
             data.update(self._context_text(phrases, "keyphrase", batch))
             modalities.append("keyphrases")
-        prompts = self._prompts(text, modalities, batch, images, add_special_tokens)
+        # present views after the views rule (`select_views`): the `llava` connector writes placeholders per view
+        views = data["view_mask"].sum(1).tolist() if images is not None else [1] * batch
+        prompts = self._prompts(text, modalities, batch, images, add_special_tokens, views)
         if suffix is None:
             rows, labels = prompts, None
         else:
@@ -366,24 +377,25 @@ class S2DAlignProcessor(ProcessorMixin):
         data.update(self.pad_sequences(rows, labels, left=suffix is None))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
-    def _prompts(self, text, modalities, batch: int, images, add_special_tokens: bool) -> list:
+    def _prompts(self, text, modalities, batch: int, images, add_special_tokens: bool, views: list) -> list:
         """Token ids of each study's prompt: the trained one without `text`, else `text` (one for all or one each)."""
         if text is None:
-            return [self.prompt_ids(modalities)] * batch
+            prompts = {v: self.prompt_ids(modalities, v) for v in set(views)}  # one per view count (llava)
+            return [prompts[v] for v in views]
         texts = [text] * batch if isinstance(text, str) else list(text)
         if len(texts) != batch or not all(isinstance(t, str) for t in texts):
             raise ValueError(f"text is the prompt: one string, or one string per study ({batch}); got {text!r}. "
                              "The training report goes in suffix=")
         if images is not None:
-            views = [len(s) for s in _studies(images)]
             for index, prompt in enumerate(texts):
                 runs = re.findall(f"(?:{re.escape(self.image_token)})+", prompt)
                 count = len(runs[0]) // len(self.image_token) if len(runs) == 1 else 0
-                if count not in (1, views[index]):  # one per study, or one per view as the chat template writes
+                given = len(_studies(images)[index])
+                if count not in (1, views[index], given):  # one per study, or one per view as the chat template writes
                     raise ValueError(f"the prompt of study {index} must hold one {self.image_token} (or one per view, "
                                      f"{views[index]}), found {count}; text is the prompt, as in Llava (e.g. "
                                      f"processor.prompt_text()), and a training report goes in suffix=: {prompt!r}")
-        return [self.encode_prompt(t, modalities, add_special_tokens) for t in texts]
+        return [self.encode_prompt(t, modalities, add_special_tokens, views=v) for t, v in zip(texts, views)]
 
     def pad_sequences(self, rows: list, labels: list | None = None, left: bool = False) -> dict:
         """Pad token-id rows (and their labels, with -100) into `input_ids` / `attention_mask` / `labels` tensors;

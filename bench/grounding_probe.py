@@ -129,7 +129,7 @@ def side_word_accuracy(model, processor, split, key_phrases: bool = False, batch
     for start in range(0, len(split), batch_size):
         rows = split[start: start + batch_size]
         extra = {"key_phrases": rows["key_phrases"]} if key_phrases else {}
-        batch = processor(images=rows["image_paths"], text=rows["report"], **extra)
+        batch = processor(images=rows["image_paths"], suffix=rows["report"], **extra)
         labels = batch.pop("labels")[:, 1:]
         logits = model(**batch).logits[:, :-1]
         at = torch.isin(labels, ids)

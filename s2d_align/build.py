@@ -115,7 +115,8 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     processor = S2DAlignProcessor(
         image_processor=_image_processor(vision, image_size), tokenizer=llm_tokenizer,
         text_encoder_tokenizer=AutoTokenizer.from_pretrained(text_encoder),
-        num_memory_queries=config.num_memory_queries, max_views=config.max_views)
+        num_memory_queries=config.num_memory_queries, max_views=config.max_views,
+        image_tokens_per_view=config.image_tokens_per_view)
     set_generation_defaults(model, processor)
     model.save_pretrained(out)
     processor.save_pretrained(out)

@@ -134,7 +134,8 @@ def build_tiny(texts: list[str] | None = None, *, vocab_size: int = 1024, seed: 
     processor = S2DAlignProcessor(
         image_processor=tiny_image_processor(config.vision_config.image_size), tokenizer=tokenizer,
         text_encoder_tokenizer=AutoTokenizer.from_pretrained(minilm_path()),
-        num_memory_queries=config.num_memory_queries, max_views=config.max_views)
+        num_memory_queries=config.num_memory_queries, max_views=config.max_views,
+        image_tokens_per_view=config.image_tokens_per_view)
     from .build import set_generation_defaults  # build imports this module
 
     set_generation_defaults(model, processor)  # so that every saved folder carries generation_config.json

@@ -142,9 +142,10 @@ class S2DAlignCollator:
 
     # -- cached features ---------------------------------------------------------------------------------------------
     def _from_cache(self, rows, reports, references, phrases, modalities) -> dict[str, torch.Tensor]:
-        batch = self._text(reports, modalities)
         images = [self.features.image(r["id"]) for r in rows]
-        batch["image_features"], batch["view_mask"] = _pad_stack(images)
+        image_features, view_mask = _pad_stack(images)
+        batch = self._text(reports, modalities, view_mask.sum(1).tolist())
+        batch["image_features"], batch["view_mask"] = image_features, view_mask
         if references is not None:
             refs = [self.features.reference(r["id"]) for r in rows]
             batch["reference_features"], mask = _pad_stack(refs)
@@ -155,13 +156,15 @@ class S2DAlignCollator:
             batch["keyphrase_attention_mask"] = encoded["keyphrase_attention_mask"]
         return batch
 
-    def _text(self, reports, modalities) -> dict[str, torch.Tensor]:
+    def _text(self, reports, modalities, views) -> dict[str, torch.Tensor]:
         """`input_ids` / `attention_mask` / `labels` laid out as the processor lays them out in training mode
-        (prompt with this batch's placeholders, report + EOS, right padding, -100 outside the report)."""
-        prompt = self.processor.prompt_ids(modalities)
+        (prompt with this batch's placeholders, report + EOS, right padding, -100 outside the report); `views`: the
+        present views of each study (the `llava` connector writes placeholders per view)."""
+        by_views = {v: self.processor.prompt_ids(modalities, v) for v in set(views)}
+        prompts = [by_views[v] for v in views]
         answers = [self.processor.report_ids(r, i) for i, r in enumerate(reports)]
-        return self.processor.pad_sequences([prompt + a for a in answers],
-                                            [[-100] * len(prompt) + a for a in answers])
+        return self.processor.pad_sequences([p + a for p, a in zip(prompts, answers)],
+                                            [[-100] * len(p) + a for p, a in zip(prompts, answers)])
 
 
 def _pad_stack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
