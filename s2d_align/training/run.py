@@ -23,7 +23,8 @@ from .collator import EpochCallback, S2DAlignCollator, eval_views
 from .export import checkpoint_dir, export_stage, is_complete
 from .features import prepare_feature_cache
 from .inputs import check_model_folder, count_truncated, load_splits
-from .stages import SFT_FORCED, lora_config, parse_curriculum, resolve_stage, set_trainable, sft_defaults
+from .stages import (SFT_FORCED, apply_section, lora_config, parse_curriculum, resolve_stage, set_trainable,
+                     sft_defaults)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     # created after the SFTConfig, so that under ZeRO-3 the weights load partitioned (zero.Init)
     model = S2DAlignForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
     load_dtype = model.dtype
+    section = apply_section(model_path, dataset_path, model, processor)  # before the collator reads the prompt
     if args.deepspeed_plugin is None:  # DeepSpeed keeps float32 master weights itself
         upcast_trainables(model)
     collator = S2DAlignCollator(processor, spec.modalities, seed=args.seed, features=cache,
@@ -90,7 +92,7 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     logger.info("stage %s: %d trainable parameters, resuming from %s", spec.name, trainable, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    summary = {"stage": spec.name, "input_model": str(model_path), "dataset": str(dataset_path),
+    summary = {"stage": spec.name, "input_model": str(model_path), "dataset": str(dataset_path), "section": section,
                "modalities": list(spec.modalities), "lora": spec.lora, "trainable_parameters": trainable,
                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "resumed_from": checkpoint, "feature_cache": feature_cache,

@@ -184,3 +184,24 @@ def _stage_groups(stage: int) -> tuple:
     from modeling_s2d import STAGE_TRAINABLE
 
     return STAGE_TRAINABLE[stage]
+
+
+def apply_section(model_path, dataset_path, model, processor) -> str:
+    """Carry the dataset's report section (`prepare_summary.json`, "findings" when unrecorded) into the model's config
+    and, for the impression, into the processor's default prompt; returns it. A trained stage folder (it has
+    `s2d_stage.json`) keeps its section: continuing it on the other section's data is an error, since RRG24's recipe,
+    and ours, is one model per section."""
+    from pathlib import Path
+
+    from processing_s2d import DEFAULT_PROMPT
+
+    from ..data.prepare import dataset_section
+
+    section = dataset_section(dataset_path)
+    if (Path(model_path) / "s2d_stage.json").is_file() and model.config.section != section:
+        raise ValueError(f"{model_path} was trained to write the {model.config.section} section but dataset "
+                         f"{dataset_path} holds the {section} section; train one model per section")
+    model.config.section = section
+    if section != "findings" and processor.prompt == DEFAULT_PROMPT:
+        processor.prompt = DEFAULT_PROMPT.replace("the findings section", f"the {section} section")
+    return section
