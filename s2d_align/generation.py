@@ -54,7 +54,8 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("generate", help="write findings for chest X-rays")
+    parser = subparsers.add_parser("generate", help="write the model's report section (findings or impression) "
+                                                    "for chest X-rays")
     parser.add_argument("--model", required=True, help="a saved S2D-Align folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", nargs="+",
@@ -64,7 +65,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
     parser.add_argument("--references-out", help="with --dataset: also write its reports as JSONL {id, report} "
                                                  "(the references of `s2d eval`)")
-    parser.add_argument("--out", help="JSONL file for {id, images, report} rows (default: print)")
+    parser.add_argument("--out", help="JSONL file for {id, images, report, section} rows (default: print)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help="default: the longest training target, the processor's max_report_tokens + EOS")
@@ -97,9 +98,17 @@ def _run(args) -> int:
         studies, positions = [arg.split(",") for arg in args.images], None
         ids = [Path(views[0]).stem for views in studies]
     model, processor = load_model(args.model)
+    section = getattr(model.config, "section", "findings")
+    if args.dataset:
+        from .data.prepare import dataset_section
+
+        if dataset_section(args.dataset) != section:  # its reports would be the wrong references
+            raise ValueError(f"{args.model} writes the {section} section but dataset {args.dataset} holds the "
+                             f"{dataset_section(args.dataset)} section")
     reports = generate_reports(model, processor, studies, batch_size=args.batch_size,
                                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, view_positions=positions)
-    rows = [{"id": sid, "images": views, "report": report} for sid, views, report in zip(ids, studies, reports)]
+    rows = [{"id": sid, "images": views, "report": report, "section": section}
+            for sid, views, report in zip(ids, studies, reports)]
     if args.references_out:
         write_jsonl(args.references_out, [{"id": sid, "report": ref} for sid, ref in zip(ids, references)])
         print(f"wrote {len(ids)} references to {args.references_out}")
