@@ -75,7 +75,7 @@ _NEG_BWD = _cues(
     # "infiltrate within normal right lower lobe": after "within"/"in", "normal" modifies the next noun,
     # not the mention (CheXpert's "normal" patterns need it to be the mention's amod or predicate);
     # "within normal limits" is the predicate
-    r"\b(?<!within )(?<!in )(?:normal|unremarkable)\b|\bwithin normal (?:limits|range)\b|\bwnl\b",
+    r"\b(?<!\bwithin )(?<!\bin )(?:normal|unremarkable)\b|\bwithin normal (?:limits|range)\b|\bwnl\b",
     r"\bnot (?:\w+ )?(?:enlarged|seen|identified|present|evident|visualized|visible|demonstrated|"
     r"noted|detected|shown)\b",
     _NOT_NEARLY + r"\b(?:resolved|cleared)\b",
