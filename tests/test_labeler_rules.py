@@ -210,6 +210,19 @@ def test_error_classes(text, expected):
     assert label_report(text) == {obs: expected.get(obs) for obs in OBSERVATIONS}
 
 
+@pytest.mark.parametrize("text, expected", [
+    # the second batch's rules (from its development sentences)
+    ("There is patchy infiltrate within normal right lower lobe.", {"Lung Opacity": 1}),
+    ("Heart and pulmonary XXXX remain normal.", {"Cardiomegaly": 0, "No Finding": 1}),  # "remain": not "in"
+    ("Heart size is within normal limits.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("An opacity is seen superior to the heart, in the anterior mediastinum, possibly an anterior mediastinal mass.",
+     {"Lung Opacity": 1, "Enlarged Cardiomediastinum": -1}),
+    ("There is infrahilar interstitial prominence.", {"Lung Opacity": 1}),
+])
+def test_second_batch_rules(text, expected):
+    assert label_report(text) == {obs: expected.get(obs) for obs in OBSERVATIONS}
+
+
 def test_r2gen_cleaned_text_is_labelled_with_one_warning(monkeypatch):
     import warnings
 
