@@ -55,6 +55,8 @@ class S2DAlignConfig(PreTrainedConfig):
             tokens carry (linear-probe accuracy 1.00 on the patches, 0.73-0.93 on the adapter output).
         image_token_id / reference_token_id / keyphrase_token_id: LLM ids of the placeholder tokens that the
             processor writes `N_mem` times each and the model replaces with the adapter outputs.
+        section: the report section the model writes, `findings` or `impression` (RRG24 trained one model per
+            section); training sets it from the prepared dataset (`s2d prepare --section`).
     """
 
     model_type = "s2d_align"
@@ -110,6 +112,7 @@ class S2DAlignConfig(PreTrainedConfig):
     reference_token_id: int = 32001
     keyphrase_token_id: int = 32002
     tie_word_embeddings: bool = False
+    section: Literal["findings", "impression"] = "findings"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -129,6 +132,8 @@ class S2DAlignConfig(PreTrainedConfig):
         if len(set(ids.values())) != len(ids) or max(ids.values()) >= self.text_config.vocab_size:
             raise ValueError(f"placeholder token ids {ids} must be distinct and < the LLM vocab size "
                              f"{self.text_config.vocab_size}")
+        if self.section not in ("findings", "impression"):
+            raise ValueError(f"section must be 'findings' or 'impression', got {self.section!r}")
 
     @property
     def image_tokens_per_view(self) -> int | None:

@@ -56,8 +56,9 @@ class S2DAlignArguments:
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "S2D-Align model folder (stage input)."})
     dataset_path: str | None = field(default=None, metadata={"help": "DatasetDict saved with save_to_disk."})
-    stage: str | None = field(default=None, metadata={"help": "Stage to run: 1, 2, 3 or joint."})
-    curriculum: str | None = field(default=None, metadata={"help": "Stages to run in order, e.g. s1,s2,s3."})
+    stage: str | None = field(default=None, metadata={"help": "Stage to run: 1, 2, 3, joint, align or lora (RRG24's)."})
+    curriculum: str | None = field(default=None, metadata={
+        "help": "Stages to run in order, e.g. s1,s2,s3, or a named curriculum: s2d (= s1,s2,s3), rrg24 (= align,lora)."})
     resume: bool = field(default=False, metadata={
         "help": "Continue from the last checkpoint in <output_dir>-checkpoints (beside the stage folder)."})
     feature_cache: bool = field(default=True, metadata={

@@ -92,7 +92,7 @@ def write_jsonl(path: str | Path, rows: list[dict]) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "generate", help="write findings for chest X-rays",
+        "generate", help="write the model's report section (findings or impression) for chest X-rays",
         description="Generate findings for studies given on the command line, in a prepared dataset split or in a "
                     "JSONL file; batched, with a progress bar. Under `accelerate launch` the studies are split "
                     "across the processes and one file is written, in input order. A study whose images cannot be "
@@ -109,7 +109,7 @@ def register(subparsers) -> None:
     parser.add_argument("--split", default="test", help="split of --dataset (default: test)")
     parser.add_argument("--references-out", help="with --dataset: also write its reports as JSONL {id, report} "
                                                  "(the references of `s2d eval`)")
-    parser.add_argument("--out", help="JSONL file for {id, images, report} rows (default: print)")
+    parser.add_argument("--out", help="JSONL file for {id, images, report, section} rows (default: print)")
     parser.add_argument("--attention-maps", metavar="DIR",
                         help="also write one heat-map PNG per study, <id>.png: where the image adapter's memory "
                              "queries looked (s2d_align.attention), its views side by side")
@@ -207,6 +207,12 @@ def _write_maps(out_dir, model, processor, ids, studies, positions, rows, batch_
         rows[i]["attention_map"] = path
 
 
+def _model_section(model_dir) -> str:
+    """The report section a saved model writes (its config's `section`; "findings" for folders made before it)."""
+    config = Path(model_dir) / "config.json"
+    return json.loads(config.read_text()).get("section") or "findings" if config.is_file() else "findings"
+
+
 def _run(args) -> int:
     from accelerate import PartialState
     from accelerate.utils import gather_object
@@ -222,6 +228,13 @@ def _run(args) -> int:
     else:
         studies, positions = [arg.split(",") for arg in args.images], None
         ids = [Path(views[0]).stem for views in studies]
+    section = _model_section(args.model)
+    if args.dataset:
+        from .data.prepare import dataset_section
+
+        if dataset_section(args.dataset) != section:  # its reports would be the wrong references
+            raise ValueError(f"{args.model} writes the {section} section but dataset {args.dataset} holds the "
+                             f"{dataset_section(args.dataset)} section")
     state = PartialState()  # one process without `accelerate launch`; otherwise each takes its share
     indexed = _shard_rows(args, state, ids, studies, positions)
     if state.num_processes > 1:
@@ -229,7 +242,7 @@ def _run(args) -> int:
     if not state.is_main_process:
         return 0
     indexed.sort(key=lambda pair: pair[0])  # input order, whatever process generated a study
-    rows = [{"id": ids[i], "images": studies[i], **row} for i, row in indexed]
+    rows = [{"id": ids[i], "images": studies[i], **row, "section": section} for i, row in indexed]
     failed = [row for row in rows if "error" in row]
     if args.references_out:
         write_jsonl(args.references_out, [{"id": sid, "report": ref} for sid, ref in zip(ids, references)])

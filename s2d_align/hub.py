@@ -205,6 +205,10 @@ def render_model_card(model_dir: Path, repo_id: str) -> str:
         "mlp_depth": config["adapter_mlp_depth"],
         "total_params": f"{total:,}" if isinstance(total, int) else "see config",
         "curriculum": info.get("curriculum", "s1,s2,s3"),
+        # the section training recorded in the config (`s2d prepare --section`); a folder saved before it existed
+        # was trained on FINDINGS, the only section then
+        "section": config.get("section", "findings").title(),
+        "section_source": f"{config.get('section', 'findings').upper()} sections",
         "metrics_table": table,
         "metrics_note": note,
         "measured": _measured(metrics),

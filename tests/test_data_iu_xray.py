@@ -172,3 +172,33 @@ def test_xml_mode_with_annotation_uses_its_splits(tmp_path, r2gen, xml_reports):
         assert [Path(p).name for p in row["image_paths"]] == ["0.png", "1.png"]
         assert row["report"] == xml_reports[xml_number(row["id"])].findings
         assert re.fullmatch(r"CXR\d+", row["subject_id"])
+
+
+def test_impression_section_comes_from_the_xml_with_the_annotation_split(tmp_path, r2gen):
+    """`section="impression"`: the target is the XML's IMPRESSION (R2Gen's file has FINDINGS only), the split is the
+    annotation's, and a study without an IMPRESSION is skipped and counted."""
+    import tarfile
+    import xml.etree.ElementTree as ET
+
+    sub = {"train": r2gen["train"][250:253], "val": r2gen["val"][:1], "test": r2gen["test"][:1]}  # #251: none
+    ann = tmp_path / "annotation.json"
+    ann.write_text(json.dumps(sub))
+    root = _image_root(tmp_path, [e for s in sub.values() for e in s])
+    expected = {}  # read here with ElementTree directly, not through the loader's parser
+    with tarfile.open(BUNDLED_REPORTS) as tar:
+        for entry in [e for s in sub.values() for e in s]:
+            doc = ET.fromstring(tar.extractfile(f"ecgen-radiology/{xml_number(entry['id'])}.xml").read())
+            texts = [" ".join("".join(n.itertext()).split()) for n in doc.iter("AbstractText")
+                     if n.get("Label") == "IMPRESSION"]
+            expected[entry["id"]] = texts[0] if texts else ""
+    skipped = SkipLog()
+    dsd = load_iu_xray(ann, image_root=root, skipped=skipped, section="impression")
+    got = {row["id"]: row["report"] for split in dsd.values() for row in split}
+    assert got == {i: t for i, t in expected.items() if t}
+    assert skipped.counts == {"not in the annotation's splits": 3955 - 5, "empty impression": 1}
+    assert sorted(dsd["train"]["id"]) == sorted(e["id"] for e in sub["train"] if expected[e["id"]])
+    findings = load_iu_xray(ann, image_root=root)["train"]
+    findings = dict(zip(findings["id"], findings["report"]))
+    assert all(findings[i] != got[i] for i in dsd["train"]["id"])  # the section choice changes the target text
+    with pytest.raises(ValueError, match="unknown report section 'summary'"):
+        load_iu_xray(ann, image_root=root, section="summary")

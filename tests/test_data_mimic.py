@@ -196,3 +196,46 @@ def test_r2gen_annotation_with_metadata(tmp_path, raw_root):
     # without the metadata: no dates, no views
     plain = load_mimic_cxr(path, image_root=raw_root / "files")
     assert plain["train"][0]["study_date"] == "" and plain["train"][0]["view_positions"] == [""]
+
+
+def test_impression_section_by_the_official_rules():
+    from s2d_align.data.text import extract_section
+
+    text = " FINAL REPORT\n FINDINGS: Heart normal.\n IMPRESSION: First.\n ADDENDUM: x\n IMPRESSION:  \n CONCLUSION: Last.\n"
+    assert extract_section(text, "impression") == "Last."  # CONCLUSION is an impression; the last non-empty wins
+    assert extract_section(text, "findings") == "Heart normal."
+    assert extract_section(" FINAL REPORT\n FINDINGS/IMPRESSION: Both.\n", "impression") == "Both."
+    assert extract_section(" FINAL REPORT\n IMPRESSON: Typo.\n", "impression") == "Typo."  # the table's misspelling
+    assert extract_section(" FINAL REPORT\n FINDINGS: Only.\n", "impression") == ""
+    with pytest.raises(ValueError, match="unknown report section 'summary'"):
+        extract_section(text, "summary")
+
+
+def test_raw_layout_impression_section(raw_root):
+    skipped = SkipLog()
+    dsd = load_mimic_cxr(mimic_root=raw_root, missing_images="skip", skipped=skipped, section="impression")
+    reports = {r["id"]: r["report"] for split in dsd.values() for r in split}
+    assert skipped.counts == {"empty impression": 1, "missing image": 1}  # CHEST, TWO VIEWS only: no impression
+    assert skipped.examples["empty impression"] == ["53911762"]
+    assert reports["57375967"] == "SYNTHETIC 4. No acute cardiopulmonary process."  # skipped for findings
+    assert reports["51000003"] == "SYNTHETIC 10. Mild cardiomegaly. No focal consolidation."  # FINDINGS AND IMPRESSION
+    assert reports["50414267"] == "Small left effusion." and reports["51000002"] == "Pneumonia."
+
+
+def test_r2gen_annotation_impression_reads_the_report_files(tmp_path, raw_root):
+    ann = {"train": [{"id": "d1-pa", "report": "Findings text.", "image_path": ["p10/p10000032/s50414267/d1-pa.jpg"]},
+                     {"id": "d3", "report": "Findings only.", "image_path": ["p10/p10000032/s53911762/d3-pa.jpg"]}],
+           "val": [], "test": []}
+    path = tmp_path / "annotation.json"
+    path.write_text(json.dumps(ann))
+    from PIL import Image
+
+    (raw_root / "files/p10/p10000032/s53911762").mkdir(exist_ok=True)
+    Image.new("L", (8, 8)).save(raw_root / "files/p10/p10000032/s53911762/d3-pa.jpg")
+    skipped = SkipLog()
+    dsd = load_mimic_cxr(path, image_root=raw_root / "files", reports_root=raw_root, section="impression",
+                         skipped=skipped)
+    assert dsd["train"]["report"] == ["Small left effusion."] and skipped.counts == {"empty impression": 1}
+    assert load_mimic_cxr(path, image_root=raw_root / "files")["train"]["report"] == ["Findings text.", "Findings only."]
+    with pytest.raises(ValueError, match="holds FINDINGS only; pass --reports-root"):
+        load_mimic_cxr(path, image_root=raw_root / "files", section="impression")

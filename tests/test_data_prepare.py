@@ -180,3 +180,26 @@ def test_prepare_with_llm_rewrite_records_and_caches(tmp_path):
             extracted = extract_key_phrases(row["report"])
             entry = next(v for v in cached.values() if v["input"] == extracted)
             assert row["key_phrases"] == (entry["output"] or extracted)
+
+
+def test_prepare_impression_section_is_the_target_and_is_recorded(tmp_path, capsys):
+    from s2d_align.data.prepare import dataset_section
+
+    root = tmp_path / "mimic"
+    shutil.copytree(RAW_MIMIC, root)
+    out = tmp_path / "out"
+    assert main(["prepare", "--dataset", "mimic_cxr", "--mimic-root", str(root), "--missing-images", "skip",
+                 "--reference", "none", "--section", "impression", "--out", str(out)]) == 0
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert summary["options"]["section"] == "impression" and summary["options"]["report_text"] == "raw IMPRESSION"
+    assert summary["skipped"]["by_reason"] == {"empty impression": 1, "missing image": 1}
+    reports = {r["id"]: r["report"] for split in load_from_disk(str(out)).values() for r in split}
+    assert reports["57375967"] == "SYNTHETIC 4. No acute cardiopulmonary process."
+    # key phrases come from the section that is the target
+    row = load_from_disk(str(out))["train"]
+    assert row[row["id"].index("50414267")]["key_phrases"] == extract_key_phrases("Small left effusion.")
+    assert dataset_section(out) == "impression" and dataset_section(tmp_path) == "findings"
+    with pytest.raises(ValueError, match="phantom set writes a FINDINGS section only"):
+        prepare("phantom", tmp_path / "ph", section="impression")
+    with pytest.raises(ValueError, match="unknown report section 'summary'"):
+        prepare("mimic_cxr", tmp_path / "x", mimic_root=root, section="summary")

@@ -130,3 +130,30 @@ def test_generate_cli_on_a_prepared_dataset(saved, tiny, radiographs, tmp_path):
                               max_new_tokens=6, progress=False)
     assert [r["report"] for r in out] == direct
     assert main(["generate", "--model", str(saved), "--dataset", str(tmp_path / "data"), "--split", "train"]) == 2
+
+
+def test_section_reaches_the_model_card_and_generation(saved, radiographs, tmp_path, capsys):
+    """A model trained on impressions says so in its card and its predictions, and refuses a findings dataset."""
+    import shutil
+
+    from datasets import Dataset, DatasetDict
+
+    folder = tmp_path / "impression-model"
+    shutil.copytree(saved, folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["section"] == "findings"  # the default of a built model
+    (folder / "config.json").write_text(json.dumps({**config, "section": "impression"}))
+    push(str(folder), "someone/tiny-impression", dry_run=True)
+    push(str(saved), "someone/tiny-s2d", dry_run=True)
+    assert "the **Impression** section" in (folder / "README.md").read_text()
+    assert "the **Findings** section" in (saved / "README.md").read_text()
+    preds = tmp_path / "preds.jsonl"
+    assert main(["generate", "--model", str(folder), "--images", radiographs[0], "--out", str(preds),
+                 "--max-new-tokens", "2"]) == 0
+    assert json.loads(preds.read_text().splitlines()[0])["section"] == "impression"
+    data = tmp_path / "data"
+    DatasetDict({"test": Dataset.from_list([dict(id="s1", image_paths=[radiographs[0]], report="Clear.")])}
+                ).save_to_disk(str(data))  # no prepare_summary.json: a findings dataset
+    capsys.readouterr()
+    assert main(["generate", "--model", str(folder), "--dataset", str(data), "--max-new-tokens", "2"]) == 2
+    assert "writes the impression section but dataset" in capsys.readouterr().err

@@ -154,9 +154,10 @@ def _agreement_table(rows):
 
 
 def test_heldout_agreement(hand_rows):
-    """Measured once on the held-out 30% after the rules were frozen (never tuned on it):
-    1915/1932 labels (99.1%). Per observation with 10+ labels (non-blank on either side) all are
-    >= 90% except Lung Opacity, 24/28 (85.7%): the floor below is the measured one, not the issue's."""
+    """Measured on the held-out 30% after the rules were frozen (never tuned on it), both batches:
+    2196/2212 labels (99.3%). Per observation with 10+ labels (non-blank on either side) all are >= 90%
+    except Lung Opacity, 40/45 (88.9%; first batch 24/28, second, Lung Opacity-only batch 16/17): the
+    floor below is the measured one, not the issue's. See s2d_align/metrics/README.md."""
     agree, total, per = _agreement_table([r for r in hand_rows if r["split"] == "heldout"])
     print(f"held-out: {agree}/{total} = {agree / total:.4f}")
     for obs, (a, n) in per.items():
@@ -164,7 +165,21 @@ def test_heldout_agreement(hand_rows):
     assert agree / total >= 0.97
     for obs, (a, n) in per.items():
         if n >= 10:
-            assert a / n >= (0.85 if obs == "Lung Opacity" else 0.90), obs
+            assert a / n >= (0.88 if obs == "Lung Opacity" else 0.90), obs
+
+
+def test_second_batch_was_split_before_labelling_rules():
+    """The Lung Opacity batch: 30% of each stratum held out by the selection script's own seeded split."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("select", Path(__file__).parent / "fixtures" / "select_hand_label_sentences.py")
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+    rows = [json.loads(line) for line in HAND.read_text(encoding="utf-8").splitlines()]
+    batch = [r for r in rows if r["stratum"].startswith("Lung Opacity batch 2")]
+    assert len(batch) >= 60 and sum("Lung Opacity" in r["labels"] for r in batch) >= 50
+    resplit = select.split_batch([{k: r[k] for k in ("sentence", "source", "stratum")} for r in batch])
+    assert {r["sentence"]: r["split"] for r in resplit} == {r["sentence"]: r["split"] for r in batch}
 
 
 def test_dev_agreement(hand_rows):
@@ -192,6 +207,19 @@ def test_dev_agreement(hand_rows):
     ("The heart size is unchanged.", {"Cardiomegaly": -1}),  # unmasked: CheXpert's stable rule
 ])
 def test_error_classes(text, expected):
+    assert label_report(text) == {obs: expected.get(obs) for obs in OBSERVATIONS}
+
+
+@pytest.mark.parametrize("text, expected", [
+    # the second batch's rules (from its development sentences)
+    ("There is patchy infiltrate within normal right lower lobe.", {"Lung Opacity": 1}),
+    ("Heart and pulmonary XXXX remain normal.", {"Cardiomegaly": 0, "No Finding": 1}),  # "remain": not "in"
+    ("Heart size is within normal limits.", {"Cardiomegaly": 0, "No Finding": 1}),
+    ("An opacity is seen superior to the heart, in the anterior mediastinum, possibly an anterior mediastinal mass.",
+     {"Lung Opacity": 1, "Enlarged Cardiomediastinum": -1}),
+    ("There is infrahilar interstitial prominence.", {"Lung Opacity": 1}),
+])
+def test_second_batch_rules(text, expected):
     assert label_report(text) == {obs: expected.get(obs) for obs in OBSERVATIONS}
 
 

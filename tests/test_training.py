@@ -326,6 +326,49 @@ def test_joint_curriculum_trains_every_signal_from_the_start(work):
     assert any("adapters.keyphrases" in k and not torch.equal(begin[k], end[k]) for k in end)
 
 
+def test_rrg24_curriculum_aligns_the_adapter_then_adds_lora_on_images_alone(work):
+    """RRG24's recipe by name: `align` trains the image adapter with the LLM frozen, `lora` adds LoRA; neither reads a
+    reference or key phrases (the dataset has neither column) nor touches their adapters. RRG24 trained one model per
+    section: the dataset's recorded section (impression here) reaches both stages' config and prompt."""
+    from s2d_align.training import parse_curriculum, run_curriculum, run_stage
+
+    assert [s.name for s in parse_curriculum("rrg24")] == ["align", "lora"]
+    assert [s.name for s in parse_curriculum("s2d")] == ["s1", "s2", "s3"]
+    dataset = make_dataset(work.root / "rrg24-data", drop=("reference", "key_phrases"))
+    (dataset / "prepare_summary.json").write_text(json.dumps({"options": {"dataset": "mimic_cxr",
+                                                                          "section": "impression"}}))
+    snapshot = Snapshot()
+    final = run_curriculum(work.model, dataset, work.root / "rrg24", "rrg24", callbacks=[snapshot], max_steps=2,
+                           learning_rate=1e-2, **CPU_ARGS)
+    assert Path(final).name == "lora"
+    align = json.loads((work.root / "rrg24" / "align" / "s2d_stage.json").read_text())
+    lora = json.loads((Path(final) / "s2d_stage.json").read_text())
+    assert align["modalities"] == lora["modalities"] == ["image"]
+    assert (align["lora"], lora["lora"]) == (False, True)
+    (a_begin, a_end), (l_begin, l_end) = [(snapshot.begin[i], snapshot.end[i]) for i in (0, 1)]
+
+    def moved(begin, end, part):
+        return any(part in k and not torch.equal(begin[k], end[k]) for k in end)
+
+    # align: the LLM's weights are bit-identical, the image adapter moved
+    assert not moved(a_begin, a_end, "language_model") and moved(snapshot.trained_begin[0],
+                                                                  snapshot.trained_end[0], "adapters.image")
+    # lora: the merged LLM differs from the aligned one; the reference / key-phrase adapters never train
+    merged, aligned = load_state(final), load_state(work.root / "rrg24" / "align")
+    assert any("language_model" in k and not torch.equal(merged[k], aligned[k]) for k in merged)
+    start = load_state(work.model)
+    for part in ("adapters.reference", "adapters.keyphrases"):
+        assert all(torch.equal(merged[k], start[k]) for k in merged if part in k)
+    # the section: config (both the plain and the LoRA-merged export), prompt, stage record
+    for folder in (work.root / "rrg24" / "align", Path(final)):
+        assert json.loads((folder / "config.json").read_text())["section"] == "impression"
+        assert "Write the impression section" in json.loads((folder / "processor_config.json").read_text())["prompt"]
+        assert json.loads((folder / "s2d_stage.json").read_text())["section"] == "impression"
+    assert json.loads((work.model / "config.json").read_text()).get("section", "findings") == "findings"
+    with pytest.raises(ValueError, match="trained to write the impression section but dataset .* holds the findings"):
+        run_stage(final, work.dataset, work.root / "rrg24-wrong", 1, max_steps=1, **CPU_ARGS)
+
+
 # -- bad input -----------------------------------------------------------------------------------------------------
 def test_missing_dataset_path(work, tmp_path):
     from s2d_align.training import run_stage

@@ -30,6 +30,10 @@ def register(subparsers) -> None:
     src.add_argument("--no-verify-images", dest="verify_images", action="store_false",
                      help="only check that image files exist (skip opening them with PIL)")
     src.add_argument("--clean", action="store_true", help="apply R2Gen's report cleaning (original kept in report_raw)")
+    src.add_argument("--section", choices=("findings", "impression"), default="findings",
+                     help="the report section the model learns to write (default findings; RRG24 trained one model "
+                          "per section). Studies without it are skipped and counted; IU X-Ray impressions come from the "
+                          "Open-i XML, MIMIC-CXR ones from the report files")
     model = p.add_argument_group("the model the data is for")
     model.add_argument("--model", type=Path,
                        help="S2D-Align folder (from `s2d build`): take its max_views, and count reports longer than "
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in (
         "annotation", "reports_tgz", "image_root", "mimic_root", "reports_root", "missing_images", "verify_images",
         "clean", "reference", "feature_model", "device", "keyphrases", "rewrite_model", "rewrite_cache",
-        "num_patients", "seed", "image_size", "num_workers", "model", "max_views")}
+        "num_patients", "seed", "image_size", "num_workers", "model", "max_views", "section")}
     try:
         prepare(args.dataset, args.out, **options)
     except FileNotFoundError:

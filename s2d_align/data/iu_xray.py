@@ -3,7 +3,9 @@
 Sources (both bundled under `s2d_align/resources/iu_xray`; images are NOT shipped):
 - R2Gen `annotation.json`: the split used by every paper (train 2,069 / val 296 / test 590), `report`
   = FINDINGS, `image_path` = `<id>/0.png`, `<id>/1.png`.
-- `NLMCXR_reports.tgz`: the 3,955 Open-i XML reports (3,425 with FINDINGS). The R2Gen id of a report is
+- `NLMCXR_reports.tgz`: the 3,955 Open-i XML reports (3,425 with FINDINGS). Each holds FINDINGS and IMPRESSION
+  as `AbstractText` elements; `section="impression"` takes the IMPRESSION (from the XML, since R2Gen's file
+  has FINDINGS only; the split still comes from the annotation). The R2Gen id of a report is
   its first `parentImage` id without the last `-NNNN` (`CXR2384_IM-0942-1001` -> `CXR2384_IM-0942`,
   in `2384.xml`); this holds for all 2,955 R2Gen entries.
 
@@ -28,7 +30,7 @@ from .annotation import entry_images, entry_report, read_annotation
 from .images import filter_readable, require_image_root
 from .schema import SPLITS, build_dataset_dict, empty_row
 from .summary import SkipLog
-from .text import clean_report_iu_xray, normalise
+from .text import SECTIONS, clean_report_iu_xray, normalise
 from .views import ViewLog
 
 RESOURCES = Path(__file__).resolve().parent.parent / "resources" / "iu_xray"
@@ -39,11 +41,12 @@ IMAGE_HINT = "the R2Gen iu_xray/images folder, or Open-i's NLMCXR_png folder"
 
 @dataclass(frozen=True)
 class XmlReport:
-    """One Open-i report: its XML number, FINDINGS text ("" if none) and image ids."""
+    """One Open-i report: its XML number, FINDINGS and IMPRESSION text ("" if none) and image ids."""
 
     number: str
     findings: str
     image_ids: tuple[str, ...]
+    impression: str = ""
 
     @property
     def r2gen_id(self) -> str:
@@ -63,13 +66,14 @@ def _parse_xml(xml: str | bytes | Path, source: str = "") -> XmlReport:
         root = ET.fromstring(xml)
     except ET.ParseError as err:
         raise ValueError(f"{source or 'IU X-Ray XML'}: malformed XML ({err})") from None
-    findings = ""
+    texts: dict[str, str] = {}
     for node in root.iter("AbstractText"):
-        if node.get("Label", "").upper() == "FINDINGS":
-            findings = normalise("".join(node.itertext()))
-            break
+        label = node.get("Label", "").upper()
+        if label in ("FINDINGS", "IMPRESSION") and label not in texts:  # the first of each, as before
+            texts[label] = normalise("".join(node.itertext()))
     number = Path(source).stem if source else ""
-    return XmlReport(number, findings, tuple(p.get("id", "") for p in root.iter("parentImage")))
+    return XmlReport(number, texts.get("FINDINGS", ""), tuple(p.get("id", "") for p in root.iter("parentImage")),
+                     texts.get("IMPRESSION", ""))
 
 
 def read_xml_reports(reports_tgz: str | Path = BUNDLED_REPORTS) -> dict[str, XmlReport]:
@@ -107,7 +111,8 @@ def xml_number(r2gen_id: str) -> str:
 def load_iu_xray(annotation: str | Path | None = None, reports_tgz: str | Path | None = None,
                  image_root: str | Path | None = None, *, clean: bool = False, missing_images: str = "error",
                  verify_images: bool = True, split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
-                 seed: int = 0, skipped: SkipLog | None = None, views: ViewLog | None = None) -> DatasetDict:
+                 seed: int = 0, skipped: SkipLog | None = None, views: ViewLog | None = None,
+                 section: str = "findings") -> DatasetDict:
     """IU X-Ray as the project's `DatasetDict` (references and key phrases not yet attached).
 
     - only `annotation` (default: the bundled R2Gen file): its splits and reports;
@@ -117,7 +122,14 @@ def load_iu_xray(annotation: str | Path | None = None, reports_tgz: str | Path |
     Samples with missing/unreadable images raise or are skipped per `missing_images` ("error"/"skip").
     `views` (a `ViewLog`) sets `max_views`: IU X-Ray records no view positions, so the first images in the
     source's order are kept (R2Gen's `0.png` is the frontal view).
+    `section`: "findings" or "impression", the XML section that becomes `report`; a study without it is skipped and
+    counted. R2Gen's annotation has FINDINGS only, so "impression" reads the XML (the bundled one unless
+    `reports_tgz` is given) with the annotation's split.
     """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown report section {section!r}; choose one of {', '.join(SECTIONS)}")
+    if section != "findings" and reports_tgz is None:
+        reports_tgz, annotation = BUNDLED_REPORTS, annotation or BUNDLED_ANNOTATION
     skipped = skipped if skipped is not None else SkipLog()
     views = views if views is not None else ViewLog()
     root = require_image_root(image_root, "IU X-Ray", IMAGE_HINT)
@@ -125,7 +137,8 @@ def load_iu_xray(annotation: str | Path | None = None, reports_tgz: str | Path |
         rows = _rows_from_annotation(read_annotation(annotation or BUNDLED_ANNOTATION), root, skipped, views)
     else:
         splits = read_annotation(annotation) if annotation is not None else None
-        rows = _rows_from_xml(read_xml_reports(reports_tgz), splits, root, split_fractions, seed, skipped, views)
+        rows = _rows_from_xml(read_xml_reports(reports_tgz), splits, root, split_fractions, seed, skipped, views,
+                              section)
     kept = filter_readable(rows, missing_images, skipped, verify=verify_images, desc="IU X-Ray images")
     if clean:
         for row in kept:
@@ -163,7 +176,8 @@ def _rows_from_annotation(splits: dict[str, list[dict]], root: Path, skipped: Sk
 
 
 def _rows_from_xml(reports: dict[str, XmlReport], splits: dict[str, list[dict]] | None, root: Path,
-                   fractions: tuple[float, float, float], seed: int, skipped: SkipLog, views: ViewLog) -> list[dict]:
+                   fractions: tuple[float, float, float], seed: int, skipped: SkipLog, views: ViewLog,
+                   section: str = "findings") -> list[dict]:
     split_of = {str(e["id"]): s for s, entries in splits.items() for e in entries} if splits else None
     numbers = sorted(reports, key=lambda n: int(n) if n.isdigit() else n)
     random_split = _seeded_splits(numbers, fractions, seed) if split_of is None else {}
@@ -174,12 +188,13 @@ def _rows_from_xml(reports: dict[str, XmlReport], splits: dict[str, list[dict]] 
         split = split_of.get(sid) if split_of is not None else random_split[number]
         if split is None:
             skipped.skip("not in the annotation's splits", sid)
-        elif not report.findings:
-            skipped.skip("empty findings", sid)
+        elif not getattr(report, section):
+            skipped.skip(f"empty {section}", sid)
         elif not report.image_ids:
             skipped.skip("no images listed in the XML", sid)
         else:
-            rows.append(_row(sid, split, report.findings, _xml_image_paths(root, sid, report.image_ids), views))
+            rows.append(_row(sid, split, getattr(report, section), _xml_image_paths(root, sid, report.image_ids),
+                             views))
     return rows
 
 

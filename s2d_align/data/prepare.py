@@ -7,6 +7,7 @@ the model's `max_report_tokens`, and every option used).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from datasets import DatasetDict
@@ -18,6 +19,7 @@ from .mimic_cxr import load_mimic_cxr
 from .phantom import generate_phantom
 from .references import STRATEGIES, attach_references
 from .summary import SkipLog, write_summary
+from .text import SECTIONS
 from .views import DEFAULT_MAX_VIEWS, ViewLog
 
 DATASETS = ("iu_xray", "mimic_cxr", "phantom")
@@ -26,7 +28,7 @@ DEFAULTS = {
     "reference": None, "keyphrases": None, "clean": False, "missing_images": "error",
     "verify_images": True, "feature_model": None, "features": None, "device": "cpu",
     "rewrite_model": None, "rewrite_cache": None, "num_patients": 200, "seed": 0, "image_size": 128,
-    "num_workers": 0, "max_views": None, "model": None,
+    "num_workers": 0, "max_views": None, "model": None, "section": "findings",
 }
 # IU X-Ray has one study per patient: `same_patient` would give every sample an empty reference.
 DEFAULT_REFERENCE = {"iu_xray": "retrieval", "mimic_cxr": "same_patient", "phantom": "same_patient"}
@@ -44,7 +46,9 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     "ground_truth"); clean (R2Gen cleaning); missing_images ("error" | "skip"); verify_images;
     feature_model (Dinov2 folder for retrieval features) or features (dict id -> vector, or a callable
     on image paths); rewrite_model / rewrite_cache (optional LLM rewrite of key phrases);
-    num_patients, seed, image_size, num_workers (phantom).
+    num_patients, seed, image_size, num_workers (phantom); section ("findings" | "impression": the report section
+    that becomes the target; studies without it are skipped and counted; recorded in prepare_summary.json, from
+    where training copies it into the model's config).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -53,6 +57,9 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     opts["reference"] = opts["reference"] or DEFAULT_REFERENCE.get(dataset, "same_patient")
     _check_choices(dataset, opts)
     if dataset == "phantom":
+        if opts["section"] != "findings":
+            raise ValueError("the phantom set writes a FINDINGS section only; section 'impression' needs iu_xray or "
+                             "mimic_cxr")
         return generate_phantom(out_dir, opts["num_patients"], seed=opts["seed"], image_size=opts["image_size"],
                                 num_workers=opts["num_workers"], reference=opts["reference"],
                                 keyphrases=opts["keyphrases"] or "ground_truth", features=_features(opts))
@@ -82,6 +89,8 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
 def _check_choices(dataset: str, opts: dict) -> None:
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if opts["section"] not in SECTIONS:
+        raise ValueError(f"unknown report section {opts['section']!r}; choose one of {', '.join(SECTIONS)}")
     if opts["reference"] not in STRATEGIES:
         raise ValueError(f"unknown reference strategy {opts['reference']!r}; choose one of {', '.join(STRATEGIES)}")
     allowed = BACKENDS + (("ground_truth",) if dataset == "phantom" else ())
@@ -132,7 +141,7 @@ def _target_lengths(dsd: DatasetDict, processor) -> dict:
 
 def _load(dataset: str, opts: dict, skipped: SkipLog, views: ViewLog) -> DatasetDict:
     common = dict(clean=opts["clean"], missing_images=opts["missing_images"], verify_images=opts["verify_images"],
-                  skipped=skipped, views=views)
+                  skipped=skipped, views=views, section=opts["section"])
     if dataset == "iu_xray":
         return load_iu_xray(opts["annotation"], opts["reports_tgz"], opts["image_root"], seed=opts["seed"], **common)
     return load_mimic_cxr(opts["annotation"], opts["mimic_root"], opts["image_root"],
@@ -181,7 +190,7 @@ def _features(opts: dict):
 
 def _recorded_options(dataset: str, opts: dict, backend: str) -> dict:
     keep = ("annotation", "reports_tgz", "image_root", "mimic_root", "reports_root", "reference", "clean",
-            "missing_images", "verify_images", "feature_model", "rewrite_model", "seed", "model", "max_views")
+            "missing_images", "verify_images", "feature_model", "rewrite_model", "seed", "model", "max_views", "section")
     recorded = {"dataset": dataset, "keyphrases": backend,
                 **{k: (str(opts[k]) if isinstance(opts[k], Path) else opts[k]) for k in keep}}
     if dataset == "iu_xray" and opts["annotation"] is None and opts["reports_tgz"] is None:
@@ -190,7 +199,23 @@ def _recorded_options(dataset: str, opts: dict, backend: str) -> dict:
         recorded["annotation"] = f"{BUNDLED_ANNOTATION} (bundled R2Gen split)"
     # s2d eval labels (and scores through R2Gen's cleaner of `dataset`) report_raw when it exists
     recorded["report_text"] = ("cleaned (R2Gen clean_report_*); original in report_raw, which is what gets labelled"
-                               if opts["clean"] else "raw FINDINGS")
+                               if opts["clean"] else f"raw {opts['section'].upper()}")
     if opts["features"] is not None:
         recorded["features"] = "given by the caller"
     return recorded
+
+
+def dataset_section(dataset_path) -> str:
+    """The report section a prepared dataset holds, as its `prepare_summary.json` records it; "findings" for a
+    dataset prepared before sections were recorded, the phantom set, or one without a summary (FINDINGS was the
+    only section then)."""
+    summary = Path(dataset_path) / "prepare_summary.json"
+    if not summary.is_file():
+        return "findings"
+    try:
+        section = json.loads(summary.read_text(encoding="utf-8")).get("options", {}).get("section") or "findings"
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{summary}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    if section not in SECTIONS:
+        raise ValueError(f"{summary}: unknown report section {section!r} (expected one of {', '.join(SECTIONS)})")
+    return section

@@ -13,7 +13,10 @@ import re
 from ..metrics.text import clean_report_iu_xray, clean_report_mimic_cxr
 
 __all__ = ["normalise", "clean_report_iu_xray", "clean_report_mimic_cxr", "extract_findings_section", "is_findings_header",
-           "report_sections"]
+           "report_sections", "section_kind", "extract_section", "SECTIONS"]
+
+# The report sections a model can be trained to write (`section: findings | impression`).
+SECTIONS = ("findings", "impression")
 
 
 def normalise(text: str) -> str:
@@ -30,6 +33,11 @@ _SECTION_HEADER = re.compile(r"\n (?P<name>[A-Z ()/,-]+):\s")
 _FINDINGS_NAMES = frozenset({
     "findings", "finding", "findins", "findindgs", "findgings", "findngs", "findnings", "finidngs",
     "reference findings", "chest, two views"})
+# names that are IMPRESSION by the official table, its misspellings included ("ndication" is the table's own quirk)
+_IMPRESSION_NAMES = frozenset({
+    "impression", "conclusion", "findings and impression", "findings/impression", "findings/ impression", "ndication",
+    "impresson", "imprression", "imoression", "impressoin", "imprssion", "impresion", "imperssion", "mpression",
+    "impession"})
 # a name that is none of these main sections but describes the views / the exam is FINDINGS
 _MAIN_SECTIONS = ("impression", "findings", "history", "comparison", "addendum")
 _VIEW_PHRASES = re.compile(
@@ -37,15 +45,33 @@ _VIEW_PHRASES = re.compile(
     "|pa view|ap view|one view|lateral view|bone window|frontal upright|frontal semi-upright|ribs|pa and lat")
 
 
-def is_findings_header(name: str) -> bool:
-    """Whether a section header (without its colon) is a FINDINGS header under the official name normalisation."""
+def section_kind(name: str) -> str:
+    """"findings", "impression", or another normalised name, of a section header (without its colon), by the
+    official name normalisation (only the two sections we train on are mapped exactly; others keep their name)."""
     name = name.lower().strip()
     if name in _FINDINGS_NAMES:
-        return True
+        return "findings"
+    if name in _IMPRESSION_NAMES:
+        return "impression"
     main = next((m for m in _MAIN_SECTIONS if m in name), None)
     if main is not None:  # "impression" is tested first: "FINDINGS AND IMPRESSION" is an impression
-        return main == "findings"
-    return _VIEW_PHRASES.search(name) is not None
+        return main
+    return "findings" if _VIEW_PHRASES.search(name) is not None else name
+
+
+def is_findings_header(name: str) -> bool:
+    """Whether a section header (without its colon) is a FINDINGS header under the official name normalisation."""
+    return section_kind(name) == "findings"
+
+
+def extract_section(text: str, section: str = "findings") -> str:
+    """The FINDINGS or IMPRESSION section of a MIMIC-CXR report, whitespace-normalised; "" when it has none. The
+    rules of `extract_findings_section`; for IMPRESSION the official table also maps "CONCLUSION:" and
+    "FINDINGS AND IMPRESSION:" to it, and of several non-empty ones the last wins (`create_section_files.py`)."""
+    if section not in SECTIONS:
+        raise ValueError(f"unknown report section {section!r}; choose one of {', '.join(SECTIONS)}")
+    found = [body for name, body in report_sections(text)[1:] if section_kind(name) == section and body.strip()]
+    return normalise(found[-1]) if found else ""
 
 
 def report_sections(text: str) -> list[tuple[str, str]]:
@@ -88,5 +114,4 @@ def extract_findings_section(text: str) -> str:
     Not reproduced: the official script's hand-made overrides for a few dozen named studies (they concern its
     IMPRESSION extraction; it leaves those studies out of its sectioned file altogether).
     """
-    found = [body for name, body in report_sections(text)[1:] if is_findings_header(name) and body.strip()]
-    return normalise(found[-1]) if found else ""
+    return extract_section(text, "findings")

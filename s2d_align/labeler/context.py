@@ -72,7 +72,10 @@ _NEG_FWD = _cues(
 )
 _NEG_NEAR_FWD = _cues(r"\b(?:normal|unremarkable)\b")  # "normal heart size": an adjective's reach
 _NEG_BWD = _cues(
-    r"\b(?:normal|unremarkable|wnl)\b",
+    # "infiltrate within normal right lower lobe": after "within"/"in", "normal" modifies the next noun,
+    # not the mention (CheXpert's "normal" patterns need it to be the mention's amod or predicate);
+    # "within normal limits" is the predicate
+    r"\b(?<!\bwithin )(?<!\bin )(?:normal|unremarkable)\b|\bwithin normal (?:limits|range)\b|\bwnl\b",
     r"\bnot (?:\w+ )?(?:enlarged|seen|identified|present|evident|visualized|visible|demonstrated|"
     r"noted|detected|shown)\b",
     _NOT_NEARLY + r"\b(?:resolved|cleared)\b",

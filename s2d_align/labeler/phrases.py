@@ -38,7 +38,10 @@ EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {
     # heart"; a bare "heart" also names the valve, the rate, the border, failure: none is heart size.
     "Cardiomegaly": (r"\bheart\b(?! (?:failure|valve|rate|rhythm|border|disease|transplant))",
                      r"\bcardiac(?= and mediastinal)"),
-    "Enlarged Cardiomediastinum": (r"mediastinal widening", r"\bwide(?:ned)? mediastin\w*"),
+    # a mediastinal mass widens the mediastinal contour (it is no lung lesion: see the unmentions)
+    "Enlarged Cardiomediastinum": (r"mediastinal widening", r"\bwide(?:ned)? mediastin\w*", r"mediastinal mass"),
+    # "interstitial prominence" is CheXpert's "interstitial marking" said another way
+    "Lung Opacity": (r"\binterstitial prominence", r"\bprominen\w* (?:of the )?interstiti"),
     # fissural thickening and pleural-parenchymal scarring are pleural
     "Pleural Other": (r"thicken\w* (?:of |in |along )?the (?:\w+ )?fissure", r"fissural thickening",
                       r"pleural-parenchymal", r"pleuroparenchymal"),
@@ -64,14 +67,19 @@ EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
                         r"calcifi\w* (?:\w+ ){0,5}valve", r"valve calcifi\w*", r"\bclipped\b"),
     # a rib's "contour" is bone, not the cardiomediastinal contour; a ventricle's is the heart's
     "Enlarged Cardiomediastinum": (r"rib contour", r"contour irregularit", r"contour deformit",
-                                   r"ventricular contour"),
+                                   r"ventricular contour",
+                                   # CheXpert's positional unmentions ("in the mediastinum") with a compartment
+                                   # named: they locate another finding
+                                   r"in the (?:anterior|posterior|middle|superior|inferior) mediastinum"),
     # "lump" inside "lumpectomy" (breast surgery); a calcified nodule is a granuloma (the original
     # unmentions "calcified nodul"; "calcific density nodules" says the same)
-    "Lung Lesion": (r"lumpectomy", r"calcific\w* (?:\w+ ){0,2}nodul"),
+    "Lung Lesion": (r"lumpectomy", r"calcific\w* (?:\w+ ){0,2}nodul", r"mediastinal mass"),
     # a healed, prior infection is no pneumonia
     "Pneumonia": (r"granulomatous infection", r"(?:prior|old|previous|remote|healed|histoplasm\w*) (?:\w+ ){0,2}infection"),
     # "along the right heart border" locates an opacity; the heart's valve or rate is not its size
-    "Cardiomegaly": (r"heart border", r"cardiac border", r"heart valve", r"heart rate"),
+    "Cardiomegaly": (r"heart border", r"cardiac border", r"heart valve", r"heart rate",
+                     # positional, as CheXpert's "over the heart": "an opacity superior to the heart"
+                     r"(?:superior|inferior|anterior|posterior|lateral|adjacent) to the heart", r"behind the heart"),
     # cystic fibrosis is a lung disease, not pleural
     "Pleural Other": (r"cystic fibrosis",),
     # a pleural-parenchymal scar is Pleural Other (the original unmentions "pleural scar" here)

@@ -67,7 +67,9 @@ def _candidates(probe: str, index: dict[str, tuple]) -> dict[str, list[tuple[str
     """The patterns whose literal anchor occurs in ``probe``, by observation (a pattern without its
     anchor cannot match: skipping it only saves time)."""
     out: dict[str, list[tuple[str, re.Pattern]]] = {}
-    for gram in {probe[i:i + 3] for i in range(len(probe) - 2)} & index.keys():
+    # ~100 three-character keys tested with C substring searches: about twice as fast as building the
+    # probe's own trigram set in Python (bench/labeler_speed.py)
+    for gram in [g for g in index if g in probe]:
         for obs, anchor, pattern in index[gram]:
             if anchor in probe:
                 out.setdefault(obs, []).append((anchor, pattern))

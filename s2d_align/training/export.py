@@ -45,6 +45,8 @@ def export_stage(trainer, spec, model_path, output_dir, processor, dtype, summar
         if trainer.accelerator.is_main_process:
             with outside_zero_init():
                 merged = merge_adapter(model_path, adapter, dtype)
+            # the merge reloads the stage input: carry over what this stage set on the config (the report section)
+            merged.config.section = summary.get("section", merged.config.section)
             set_generation_defaults(merged, processor)
             merged.save_pretrained(out)
             processor.save_pretrained(out)

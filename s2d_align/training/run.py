@@ -23,7 +23,8 @@ from .collator import EpochCallback, S2DAlignCollator, eval_views
 from .export import checkpoint_dir, export_stage, is_complete
 from .features import prepare_feature_cache
 from .inputs import check_model_folder, count_truncated, load_splits
-from .stages import SFT_FORCED, lora_config, parse_curriculum, resolve_stage, sft_defaults
+from .stages import (SFT_FORCED, apply_section, lora_config, parse_curriculum, resolve_stage, set_trainable,
+                     sft_defaults)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     # created after the SFTConfig, so that under ZeRO-3 the weights load partitioned (zero.Init)
     model = S2DAlignForConditionalGeneration.from_pretrained(model_path, dtype=dtype)
     load_dtype = model.dtype
+    section = apply_section(model_path, dataset_path, model, processor)  # before the collator reads the prompt
     if args.deepspeed_plugin is None:  # DeepSpeed keeps float32 master weights itself
         upcast_trainables(model)
     collator = S2DAlignCollator(processor, spec.modalities, seed=args.seed, features=cache,
@@ -86,11 +88,11 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
                          peft_config=lora_config(spec, lora_r, lora_alpha, lora_dropout) if spec.lora else None,
                          callbacks=[EpochCallback(collator), *(callbacks or [])])
     inner = trainer.model.get_base_model() if spec.lora else trainer.model
-    trainable = inner.set_stage(spec.trainable)  # after PEFT wrapped the model: LoRA + the stage's adapters only
+    trainable = set_trainable(inner, spec)  # after PEFT wrapped the model: LoRA + the stage's adapters only
     logger.info("stage %s: %d trainable parameters, resuming from %s", spec.name, trainable, checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
 
-    summary = {"stage": spec.name, "input_model": str(model_path), "dataset": str(dataset_path),
+    summary = {"stage": spec.name, "input_model": str(model_path), "dataset": str(dataset_path), "section": section,
                "modalities": list(spec.modalities), "lora": spec.lora, "trainable_parameters": trainable,
                "global_step": trainer.state.global_step, "train_loss": result.training_loss,
                "resumed_from": checkpoint, "feature_cache": feature_cache,
@@ -134,7 +136,7 @@ def upcast_trainables(model: S2DAlignForConditionalGeneration) -> None:
 
 def run_curriculum(model_path, dataset_path, output_dir, curriculum: str = "s1,s2,s3", *, resume: bool = False,
                    **overrides) -> str:
-    """Run the stages of `curriculum` ('s1,s2,s3', 's1,s3,s2', 'joint', ...) in order, each from the previous
+    """Run the stages of `curriculum` ('s1,s2,s3', 's1,s3,s2', 'joint', 'rrg24', ...) in order, each from the previous
     stage's output, into `output_dir/<stage>`; returns the last stage's folder. With `resume=True` finished stages
     are skipped and an interrupted one continues from its last checkpoint."""
     specs = parse_curriculum(curriculum)

@@ -7,6 +7,16 @@
 | s3    | image + reference + key phrases | + SMA_p                                      | yes  | 3      | 5e-5  |
 | joint | image + reference + key phrases | everything of s3, from the start             | yes  | 16     | 3e-4  |
 
+| align | image                           | Q_mem, image adapter, view embedding        | no   | 1      | 1e-3  |
+| lora  | image                           | the same + LoRA                             | yes  | 3      | 2e-4  |
+
+Named curricula: `s2d` = `s1,s2,s3` (the paper's), `rrg24` = `align,lora`: Gla-AI4BioMed's RRG24 recipe (arXiv
+2412.04954, section 3.2), adapter alignment with the LLM frozen, then LoRA, the image alone as context in both
+(no reference report, no key phrases). Pair it with `connector: llava` for their MLP-over-every-patch model. Their
+paper gives stage 1's length (one epoch) but no learning rates or stage-2 length: ours are LLaVA-1.5's (adapter
+pretraining at 1e-3, LoRA fine-tuning at 2e-4), with 3 LoRA epochs (ours). `lora` trains the image adapter too, as
+LLaVA's second stage trains its projector.
+
 `joint` is the paper's "all signals at once" ablation. The paper gives no schedule for it; we train it for 16 epochs,
 the whole curriculum's budget (8 + 5 + 3), so the comparison with `s1,s2,s3` is at equal compute, and at stage 1's
 learning rate because its adapters start from scratch, as in stage 1.
@@ -62,6 +72,9 @@ class StageSpec:
     lora: bool
     num_train_epochs: float
     learning_rate: float
+    # parameter groups trained beside `set_stage(trainable)`'s: RRG24's `lora` stage is stage 1's inputs and adapters
+    # plus LoRA, which no S2D-Align stage is
+    also_train: tuple = ()
 
     @property
     def modalities(self) -> tuple:
@@ -78,7 +91,22 @@ STAGES = {
     "s2": StageSpec("s2", 2, lora=True, num_train_epochs=5, learning_rate=1e-4),
     "s3": StageSpec("s3", 3, lora=True, num_train_epochs=3, learning_rate=5e-5),
     "joint": StageSpec("joint", 3, lora=True, num_train_epochs=16, learning_rate=3e-4),
+    "align": StageSpec("align", 1, lora=False, num_train_epochs=1, learning_rate=1e-3),
+    "lora": StageSpec("lora", 1, lora=True, num_train_epochs=3, learning_rate=2e-4, also_train=("lora_",)),
 }
+# A curriculum may be given by name; the names expand to stage lists.
+NAMED_CURRICULA = {"s2d": "s1,s2,s3", "rrg24": "align,lora"}
+
+
+def set_trainable(model, spec: StageSpec) -> int:
+    """`model.set_stage(spec.trainable)` plus the spec's `also_train` groups; returns the trainable parameter count
+    (`model` is the bare S2D-Align model, under PEFT its base model)."""
+    count = model.set_stage(spec.trainable)
+    for name, param in model.named_parameters():
+        if not param.requires_grad and "original_module" not in name and any(g in name for g in spec.also_train):
+            param.requires_grad_(True)
+            count += param.numel()
+    return count
 
 
 def resolve_stage(stage) -> StageSpec:
@@ -86,14 +114,16 @@ def resolve_stage(stage) -> StageSpec:
     name = str(stage).strip().lower()
     name = f"s{name}" if name.isdigit() else name
     if name not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of 1, 2, 3, {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {stage!r}; expected one of 1, 2, 3, {', '.join(STAGES)} (or a named "
+                         f"curriculum: {', '.join(NAMED_CURRICULA)})")
     return STAGES[name]
 
 
 def parse_curriculum(curriculum: str) -> list[StageSpec]:
-    """'s1,s2,s3' -> specs. Any order of distinct stages ('s1', 's1,s2', 's1,s3', 's1,s3,s2', 's1,s2,s3'), or
-    'joint' alone."""
-    names = [part.strip().lower() for part in str(curriculum).split(",") if part.strip()]
+    """'s1,s2,s3' -> specs. Any order of distinct stages ('s1', 's1,s2', 's1,s3', 's1,s3,s2', 's1,s2,s3'), 'joint'
+    alone, or a name of `NAMED_CURRICULA` ('rrg24' = 'align,lora')."""
+    key = str(curriculum).strip().lower()
+    names = [part.strip().lower() for part in NAMED_CURRICULA.get(key, key).split(",") if part.strip()]
     specs = [resolve_stage(name) for name in names]
     if not specs:
         raise ValueError(f"empty curriculum {curriculum!r}")
@@ -154,3 +184,24 @@ def _stage_groups(stage: int) -> tuple:
     from modeling_s2d import STAGE_TRAINABLE
 
     return STAGE_TRAINABLE[stage]
+
+
+def apply_section(model_path, dataset_path, model, processor) -> str:
+    """Carry the dataset's report section (`prepare_summary.json`, "findings" when unrecorded) into the model's config
+    and, for the impression, into the processor's default prompt; returns it. A trained stage folder (it has
+    `s2d_stage.json`) keeps its section: continuing it on the other section's data is an error, since RRG24's recipe,
+    and ours, is one model per section."""
+    from pathlib import Path
+
+    from processing_s2d import DEFAULT_PROMPT
+
+    from ..data.prepare import dataset_section
+
+    section = dataset_section(dataset_path)
+    if (Path(model_path) / "s2d_stage.json").is_file() and model.config.section != section:
+        raise ValueError(f"{model_path} was trained to write the {model.config.section} section but dataset "
+                         f"{dataset_path} holds the {section} section; train one model per section")
+    model.config.section = section
+    if section != "findings" and processor.prompt == DEFAULT_PROMPT:
+        processor.prompt = DEFAULT_PROMPT.replace("the findings section", f"the {section} section")
+    return section
