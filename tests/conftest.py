@@ -25,3 +25,13 @@ def tiny():
     model, processor = build_tiny(vocab_size=512, seed=0)
     model.eval()
     return model, processor
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny):
+    """The tiny model saved as a folder, one per test module (a module may write into it)."""
+    model, processor = tiny
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -30,15 +30,6 @@ def _load_app():
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny):
-    model, processor = tiny
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def uploads(tmp_path_factory):
     """A phantom radiograph with a focal opacity, and three bad uploads."""
     from s2d_align.data.phantom.findings import FINDINGS

@@ -18,15 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny):
-    model, processor = tiny
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def studies(tmp_path_factory, radiographs):
     """A studies JSONL (relative paths) with three readable studies and three bad ones between them."""
     folder = tmp_path_factory.mktemp("studies")

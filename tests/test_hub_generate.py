@@ -8,15 +8,6 @@ from s2d_align.cli import main
 from s2d_align.hub import check_folder, push
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory, tiny):
-    model, processor = tiny
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def test_dry_run_renders_a_complete_model_card(saved):
     (saved / "eval.json").write_text(json.dumps({"table": {"ce_micro_f1": 0.9123, "BLEU_4": 0.2468},
                                                  "note": "CE: llmrg4 convention, rules labeler."}))
