@@ -337,7 +337,8 @@ def _publish_folder(final: str, target: Path, summary: dict, config: DemoConfig)
     (target / "eval.json").write_text(json.dumps({k: summary[k] for k in ("dataset", "table", "note", "ce_convention",
                                                                            "labeler", "references")}, indent=2))
     (target / "training_info.json").write_text(json.dumps({
-        "curriculum": "s1,s2,s3", "license": "apache-2.0", "datasets": ["phantom"],
+        # the LLM stand-in read the IU X-Ray reports (CC BY-NC-ND 4.0): the weights keep that licence, not ours
+        "curriculum": "s1,s2,s3", "license": "cc-by-nc-nd-4.0", "datasets": ["phantom"],
         "total_parameters": _count_parameters(target),
         "warning": "**Demo model.** Trained on the synthetic phantom set with tiny stand-in encoders and LLM; it "
                    "shows the pipeline end to end and is not for clinical use.",
