@@ -40,7 +40,7 @@ from peft import get_peft_model
 import s2d_align  # noqa: F401  (registers the classes)
 from configuration_s2d import S2DAlignConfig
 from modeling_s2d import S2DAlignForConditionalGeneration
-from s2d_align.training.stages import lora_config, resolve_stage
+from s2d_align.training.stages import lora_config, resolve_stage, set_trainable
 
 GB = 1e9
 H100 = 80e9
@@ -59,10 +59,10 @@ def parameter_counts(config: S2DAlignConfig) -> dict:
         if spec.lora:
             with torch.device("meta"):
                 peft = get_peft_model(S2DAlignForConditionalGeneration(config), lora_config(spec))
-            trainable = peft.get_base_model().set_stage(spec.trainable)
+            trainable = set_trainable(peft.get_base_model(), spec)
             total = sum(p.numel() for p in {id(p): p for p in peft.parameters()}.values())
         else:
-            trainable = model.set_stage(spec.trainable)
+            trainable = set_trainable(model, spec)
             total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         out[name] = {"total": total, "trainable": trainable, "modalities": len(spec.modalities)}
     layer = model.model.language_model.layers[0]
