@@ -65,7 +65,8 @@ STAGES = {
     "ours": (Stage("s1", ("image",), False), Stage("s2", ("image", "reference"), True),
              Stage("s3", ("image", "reference", "keyphrases"), True), Stage("inference", ("image",), False, False)),
     # RRG24 (Gla-AI4BioMed): adapter alignment with the LLM frozen, then LoRA; the image is the only context
-    "peer": (Stage("s1", ("image",), False), Stage("s2", ("image",), True), Stage("inference", ("image",), False, False)),
+    "peer": (Stage("s1", ("image",), False), Stage("s2", ("image",), True),
+             Stage("inference", ("image",), False, False)),
 }
 
 
@@ -417,8 +418,9 @@ def table(result: dict) -> str:
     for system, body in result["systems"].items():
         for r in body["stages"]:
             if "kv_cache_bytes_per_report" in r:
-                lines.append(f"\n{system}: KV cache per report {r['kv_cache_bytes_per_report'] / 2**20:.0f} MiB (bf16); "
-                             f"batch-1 decode step floor {r['h100_generation']['b1']['decode_step_ms_floor_first']:.2f} ms")
+                floor = r["h100_generation"]["b1"]["decode_step_ms_floor_first"]
+                lines.append(f"\n{system}: KV cache per report {r['kv_cache_bytes_per_report'] / 2**20:.1f} MiB (bf16); "
+                             f"batch-1 decode step floor {floor:.2f} ms")
             if "flop_counter" in r:
                 lines.append(f"{system} {r['stage']}: analytic vs PyTorch FLOP counter (meta device): "
                              f"{100 * r['flop_counter']['relative_difference']:+.3f}%")
