@@ -149,3 +149,26 @@ def test_a_training_step_runs(radiographs):
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert any(not torch.equal(p, b) for p, b in zip(adapter, before))
+
+
+def test_the_feature_cache_stores_one_stitched_image_per_study(tmp_path):
+    """Training from cached features sees what live encoding of the stitched image sees (two-view studies too)."""
+    from datasets import load_from_disk
+    from test_training_support import TINY, make_dataset
+
+    from s2d_align.training import S2DAlignCollator, prepare_feature_cache
+
+    model, processor = build_tiny(**{**TINY, "connector": "llava"}, multiview="stitch")
+    model.save_pretrained(tmp_path / "m0")
+    processor.save_pretrained(tmp_path / "m0")
+    path = make_dataset(tmp_path / "data", sizes=(("train", 4),))  # alternately one and two views
+    rows = load_from_disk(str(path))["train"]
+    cache = prepare_feature_cache(tmp_path / "m0", path, {"train": rows}, processor, dtype="float32")
+    patches = (TINY["image_size"] // TINY["patch_size"]) ** 2
+    assert [tuple(cache.image(r["id"]).shape) for r in rows] == [(1, patches, TINY["vision_width"])] * len(rows)
+    batch = list(rows)
+    live, cached = S2DAlignCollator(processor)(batch), S2DAlignCollator(processor, features=cache)(batch)
+    assert torch.equal(live["input_ids"], cached["input_ids"]) and torch.equal(live["labels"], cached["labels"])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**cached).loss, model(**live).loss, atol=1e-5, rtol=1e-5)
