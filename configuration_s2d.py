@@ -12,6 +12,7 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 CONNECTORS = ("sma", "sma_unshared", "sma_msa", "mlp", "qformer", "llava")
 MODALITIES = ("image", "reference", "keyphrases")
+MULTIVIEW_MODES = ("concat", "stitch")
 
 
 @strict
@@ -47,6 +48,13 @@ class S2DAlignConfig(PreTrainedConfig):
             adapters stay `sma` (shared `Q_mem`), so the curriculum still runs with it.
         qformer_num_layers: layers of the Q-Former used by the `qformer` connector.
         max_views: the largest number of images (views) one study may have.
+        multiview: how a study's views reach the image encoder. `concat` (default, the paper's): each view is
+            encoded on its own and the patch tokens of all views go to the connector (under `llava`, one block of
+            `image_tokens_per_view` placeholders per view). `stitch` (RRG24's): the processor stitches the views the
+            view rule keeps (at most `max_views`) into one image, side by side, and the model sees one view per
+            study, so the image prefix is as long as one image's; the exact rule is `processing_s2d.stitch_views`.
+            The processor carries the same setting (`S2DAlignProcessor(multiview=...)`); the model refuses more
+            than one view per study under `stitch`.
         image_position_embedding: `none` (the paper's SMA: the adapter sees the encoder's patch tokens as they are)
             or `sincos2d` (ours, not from the paper): a fixed 2-D sine-cosine code of each patch's row and column is
             added to the patch tokens before the image adapter, so its cross-attention and what it passes on know
@@ -107,6 +115,7 @@ class S2DAlignConfig(PreTrainedConfig):
     connector: Literal["sma", "sma_unshared", "sma_msa", "mlp", "qformer", "llava"] = "sma"
     qformer_num_layers: int = 2
     max_views: int = 2
+    multiview: Literal["concat", "stitch"] = "concat"
     image_position_embedding: Literal["none", "sincos2d"] = "none"
     image_token_id: int = 32000
     reference_token_id: int = 32001
@@ -122,6 +131,8 @@ class S2DAlignConfig(PreTrainedConfig):
             raise ValueError(f"adapter_mlp_depth must be >= 1, got {self.adapter_mlp_depth}")
         if self.max_views < 1:
             raise ValueError(f"max_views must be >= 1, got {self.max_views}")
+        if self.multiview not in MULTIVIEW_MODES:
+            raise ValueError(f"multiview must be one of {MULTIVIEW_MODES}, got {self.multiview!r}")
         if self.image_position_embedding not in ("none", "sincos2d"):
             raise ValueError("image_position_embedding must be 'none' or 'sincos2d', got "
                              f"{self.image_position_embedding!r}")

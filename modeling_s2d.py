@@ -271,6 +271,10 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         """
         contexts = {}
         if pixel_values is not None or image_features is not None:
+            given = (image_features if image_features is not None else pixel_values).shape[1]
+            if self.config.multiview == "stitch" and given > 1:  # a processor out of step with this model
+                raise ValueError(f"this model takes stitched studies (multiview='stitch': one image per study) but got "
+                                 f"{given} views per study; use the processor saved with it")
             if image_features is None:
                 image_features = self.encode_images(pixel_values, view_mask)
             batch, views, patches, width = image_features.shape

@@ -111,6 +111,63 @@ def _to_gray(image: Image.Image, label: str) -> Image.Image:
     return ImageOps.grayscale(image) if image.mode != "L" else image
 
 
+# -- multi-view by stitching (`multiview="stitch"`, RRG24's input) ------------------------------------------------
+MULTIVIEW_MODES = ("concat", "stitch")
+
+
+def encoder_input_size(image_processor) -> tuple[int, int]:
+    """(height, width) of the images the encoder takes: the image processor's centre-crop size, else its resize
+    size (a `shortest_edge` resize with no crop counts as a square of that side)."""
+    crop = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else None
+    for size in (crop, getattr(image_processor, "size", None)):
+        if size is None:
+            continue
+        if size.get("height") and size.get("width"):
+            return int(size["height"]), int(size["width"])
+        if size.get("shortest_edge"):
+            return int(size["shortest_edge"]), int(size["shortest_edge"])
+    raise ValueError(f"cannot tell the encoder's input size from the image processor {type(image_processor).__name__} "
+                     "(no crop_size or size with height/width or shortest_edge); multiview='stitch' needs it")
+
+
+def stitch_views(views: list, size: tuple[int, int]) -> Image.Image:
+    """RRG24's multi-view input: a study's views (8-bit RGB PIL images, in the view rule's order) as one image.
+
+    The rule, with `size` = (H, W) the encoder's input (`encoder_input_size`):
+      1. one view: returned unchanged, so a one-view study goes through the image processor exactly as under
+         `multiview="concat"` (resize, centre crop);
+      2. several views: each is resized (bicubic, aspect kept, width `max(1, round(w * h / h_i))`) to the common
+         height `h = min(H, smallest view height)`: no view is upsampled, and nothing taller than the encoder's
+         input is ever built (the strip's memory stays bounded for 3000 px MIMIC images);
+      3. the resized views are placed left to right, view 0 leftmost, with no gap: a strip `h` high and `sum(w_i)`
+         wide;
+      4. the strip is scaled (bicubic, aspect kept) by `min(W / strip width, H / h)` to fit the encoder's input,
+         each side rounded, at least 1 px, and pasted centred (offsets floored) on a black H x W canvas: black is a
+         radiograph's background, and letterboxing (as LLaVA's `pad` mode does) instead of the image processor's
+         centre crop keeps every view whole; a crop of a strip two views wide would cut off the outer half of each.
+    The image processor then resizes and crops that H x W canvas to itself (no change) and normalizes it.
+    """
+    if not views:
+        raise ValueError("a study to stitch has no views")
+    if len(views) == 1:
+        return views[0]
+    height_out, width_out = size
+    common = min(height_out, min(v.height for v in views))
+    resized = [v.resize((max(1, round(v.width * common / v.height)), common), Image.Resampling.BICUBIC)
+               for v in views]
+    strip = Image.new("RGB", (sum(v.width for v in resized), common))
+    left = 0
+    for view in resized:
+        strip.paste(view, (left, 0))
+        left += view.width
+    scale = min(width_out / strip.width, height_out / strip.height)
+    fitted = strip.resize((max(1, round(strip.width * scale)), max(1, round(strip.height * scale))),
+                          Image.Resampling.BICUBIC)
+    canvas = Image.new("RGB", (width_out, height_out))
+    canvas.paste(fitted, ((width_out - fitted.width) // 2, (height_out - fitted.height) // 2))
+    return canvas
+
+
 def default_chat_template(prompt: str, answer_marker: str, image_token: str = "<image>") -> str:
     """The chat template (Jinja) of the trained prompt, saved as `chat_template.jinja` with the processor.
 
@@ -169,6 +226,9 @@ class S2DAlignProcessor(ProcessorMixin):
         image_tokens_per_view: `<image>` placeholders per present view for the all-patch `llava` connector (the
             model config's `image_tokens_per_view`, e.g. 1369); None (the memory-adapter connectors): the image gets
             `num_memory_queries` placeholders whatever the number of views.
+        multiview: `concat` (each kept view is its own image: `pixel_values` (B, V, ...)) or `stitch` (the kept
+            views of a study become one image by `stitch_views`: `pixel_values` (B, 1, ...), `view_mask` (B, 1), so
+            the prompt holds one image's placeholders); must equal the model config's `multiview`.
 
     Call with `images` (one entry per study: an image or a list of views; paths, PIL images or arrays), optional
     `view_positions` (one list of DICOM ViewPosition strings per study, used to pick the views), optional `text`
@@ -198,10 +258,14 @@ class S2DAlignProcessor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, text_encoder_tokenizer=None, num_memory_queries=64,
                  max_views=2, prompt=DEFAULT_PROMPT, answer_marker=DEFAULT_ANSWER_MARKER, max_report_tokens=256,
                  max_context_tokens=256, image_token="<image>", reference_token="<reference>",
-                 keyphrase_token="<keyphrases>", chat_template=None, image_tokens_per_view=None, **kwargs):
+                 keyphrase_token="<keyphrases>", chat_template=None, image_tokens_per_view=None, multiview="concat",
+                 **kwargs):
         # extra attributes are set before super().__init__ so they round-trip through processor_config.json
         self.num_memory_queries = num_memory_queries
         self.image_tokens_per_view = image_tokens_per_view
+        if multiview not in MULTIVIEW_MODES:
+            raise ValueError(f"multiview must be one of {MULTIVIEW_MODES}, got {multiview!r}")
+        self.multiview = multiview
         self.max_views = max_views
         self.prompt = prompt
         self.answer_marker = answer_marker
@@ -314,7 +378,11 @@ class S2DAlignProcessor(ProcessorMixin):
                 logger.warning_once(f"studies with more than max_views={self.max_views} images are cut to "
                                     f"{self.max_views} views: {VIEW_RULE}")
             studies[index] = [views[i] for i in keep]
-        flat = [load_radiograph(v) for views in studies for v in views]
+        studies = [[load_radiograph(v) for v in views] for views in studies]
+        if self.multiview == "stitch":  # one image per study: the model sees one view
+            size = encoder_input_size(self.image_processor)
+            studies = [[stitch_views(views, size)] for views in studies]
+        flat = [image for views in studies for image in views]
         pixels = self.image_processor(flat, return_tensors="pt")["pixel_values"]
         most = max(len(v) for v in studies)
         pixel_values = pixels.new_zeros(len(studies), most, *pixels.shape[1:])
@@ -461,4 +529,5 @@ def _after_last(row: list, marker: list) -> int:
     return 0
 
 
-__all__ = ["S2DAlignProcessor", "default_chat_template", "load_radiograph", "select_views", "view_rank", "VIEW_RULE"]
+__all__ = ["S2DAlignProcessor", "default_chat_template", "encoder_input_size", "load_radiograph", "select_views",
+           "stitch_views", "view_rank", "VIEW_RULE"]

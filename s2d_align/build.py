@@ -116,7 +116,7 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
         image_processor=_image_processor(vision, image_size), tokenizer=llm_tokenizer,
         text_encoder_tokenizer=AutoTokenizer.from_pretrained(text_encoder),
         num_memory_queries=config.num_memory_queries, max_views=config.max_views,
-        image_tokens_per_view=config.image_tokens_per_view)
+        image_tokens_per_view=config.image_tokens_per_view, multiview=config.multiview)
     set_generation_defaults(model, processor)
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -159,6 +159,9 @@ def register(subparsers) -> None:
                         help="images per study the model takes (default 2: frontal + lateral); MIMIC-CXR studies "
                              "hold up to 4: pass 4 to use them all. Studies with more are cut, frontal first, then "
                              "lateral, the same way in `s2d prepare`, training and `s2d generate`")
+    parser.add_argument("--multiview", choices=["concat", "stitch"], default="concat",
+                        help="concat: each view encoded on its own (default); stitch: the views of a study side by "
+                             "side in one image (RRG24), see processing_s2d.stitch_views")
     parser.set_defaults(func=_run)
 
 
@@ -166,6 +169,6 @@ def _run(args) -> int:
     out = build_from_components(
         vision=args.vision, text_encoder=args.text_encoder, llm=args.llm, out_dir=args.out,
         dtype=getattr(torch, args.dtype) if args.dtype else None, num_memory_queries=args.num_memory_queries,
-        connector=args.connector, max_views=args.max_views)
+        connector=args.connector, max_views=args.max_views, multiview=args.multiview)
     print(f"wrote {out}")
     return 0

@@ -13,9 +13,10 @@ Layout (safetensors only):
         metadata: {"key", "fingerprint", "format"}
 
 `<key>` hashes everything the features depend on: the encoder configs, a SHA-256 of the encoder weights, the image
-processor's `to_dict()`, the text-encoder tokenizer (its full serialisation) and `max_context_tokens`, and the
-storage dtype. A shard's `fingerprint` hashes its rows (ids, image paths with file size and mtime, reference text),
-so a changed dataset or image file recomputes that shard instead of silently reusing it.
+processor's `to_dict()` (and the processor's `multiview` when it stitches), the text-encoder tokenizer (its full
+serialisation) and `max_context_tokens`, and the storage dtype. A shard's `fingerprint` hashes its rows (ids, image
+paths with file size and mtime, reference text), so a changed dataset or image file recomputes that shard instead of
+silently reusing it.
 
 Under `accelerate launch` every process computes the missing shards `i` with `i % num_processes == process_index`,
 then all processes wait at a barrier and read every shard.
@@ -155,6 +156,9 @@ def cache_manifest(config: S2DAlignConfig, encoder_digest: str, processor, dtype
         "text_encoder_tokenizer_sha256": _tokenizer_identity(processor.text_encoder_tokenizer),
         "max_context_tokens": processor.max_context_tokens,
         "max_views": processor.max_views, "view_rule": VIEW_RULE,  # which views of a study are encoded
+        # stitched studies are other pixels; the key only gains the entry when stitching, so that the caches of
+        # per-view (`concat`) models computed before the option existed stay valid
+        **({"multiview": processor.multiview} if processor.multiview != "concat" else {}),
         "dtype": dtype,
     }
 
@@ -262,7 +266,8 @@ def _patch_tokens(encoders: S2DAlignModel, processor) -> int:
 
 def _jobs_bytes(jobs: list[dict], encoders, processor, with_references: bool, dtype: str) -> int:
     rows = [r for job in jobs for r in job["rows"]]
-    views = sum(min(len(r["image_paths"]), encoders.config.max_views) for r in rows)
+    per_study = 1 if processor.multiview == "stitch" else encoders.config.max_views  # a stitched study is one image
+    views = sum(min(len(r["image_paths"]), per_study) for r in rows)
     tokens = 0
     if with_references:
         texts = [r.get("reference") or "" for r in rows]
