@@ -152,20 +152,27 @@ def stitch_views(views: list, size: tuple[int, int]) -> Image.Image:
     if len(views) == 1:
         return views[0]
     height_out, width_out = size
-    common = min(height_out, min(v.height for v in views))
-    resized = [v.resize((max(1, round(v.width * common / v.height)), common), Image.Resampling.BICUBIC)
-               for v in views]
-    strip = Image.new("RGB", (sum(v.width for v in resized), common))
-    left = 0
-    for view in resized:
-        strip.paste(view, (left, 0))
-        left += view.width
+    strip = side_by_side(views, min(height_out, min(v.height for v in views)))
     scale = min(width_out / strip.width, height_out / strip.height)
     fitted = strip.resize((max(1, round(strip.width * scale)), max(1, round(strip.height * scale))),
                           Image.Resampling.BICUBIC)
     canvas = Image.new("RGB", (width_out, height_out))
     canvas.paste(fitted, ((width_out - fitted.width) // 2, (height_out - fitted.height) // 2))
     return canvas
+
+
+def side_by_side(views: list, height: int) -> Image.Image:
+    """The views placed left to right (view 0 leftmost, no gap) on an RGB strip `height` high, each resized to that
+    height (bicubic, aspect kept, width `max(1, round(w * height / h))`; a view already that high is not resampled).
+    The stitching rule's step 2-3, and how `s2d_align.attention` shows a study's heat maps."""
+    resized = [v if v.height == height else v.resize((max(1, round(v.width * height / v.height)), height),
+                                                     Image.Resampling.BICUBIC) for v in views]
+    strip = Image.new("RGB", (sum(v.width for v in resized), height))
+    left = 0
+    for view in resized:
+        strip.paste(view, (left, 0))
+        left += view.width
+    return strip
 
 
 def default_chat_template(prompt: str, answer_marker: str, image_token: str = "<image>") -> str:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from processing_s2d import side_by_side as stitch_strip
+
 ATTENTION_CONNECTORS = ("sma", "sma_unshared")
 
 
@@ -203,15 +205,7 @@ def _stack_views(pixels: torch.Tensor, counts: list[int]) -> tuple[torch.Tensor,
 
 def side_by_side(images: list[Image.Image]) -> Image.Image:
     """The views of one study in one image, left to right, scaled to the first view's height."""
-    height = images[0].height
-    scaled = [im if im.height == height else im.resize((max(1, round(im.width * height / im.height)), height))
-              for im in images]
-    canvas = Image.new("RGB", (sum(im.width for im in scaled), height))
-    x = 0
-    for im in scaled:
-        canvas.paste(im, (x, 0))
-        x += im.width
-    return canvas
+    return stitch_strip(images, images[0].height)
 
 
 def safe_name(study_id) -> str:
