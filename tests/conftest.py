@@ -35,3 +35,21 @@ def saved(tmp_path_factory, tiny):
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def adamw_steps(model, inputs, steps: int, lr: float = 1e-3, on_first_backward=None) -> list:
+    """`steps` AdamW steps of the model's trainable parameters on one batch; the losses, in order.
+    `on_first_backward(model)` runs once, after the first backward (to look at gradients)."""
+    import torch
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        if step == 0 and on_first_backward is not None:
+            on_first_backward(model)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -6,6 +6,7 @@ from torch.nn import functional as F
 
 from s2d_align.tiny import build_tiny
 from s2d_align.training.collator import S2DAlignCollator
+from conftest import adamw_steps
 
 REPORTS = ["The heart is normal in size. The lungs are clear.", "Small left pleural effusion. No pneumothorax."]
 IMAGE_SIZE, PATCH = 64, 8  # build_tiny's defaults: an 8 x 8 patch grid
@@ -85,17 +86,12 @@ def test_stage1_trains_the_projector_and_lowers_the_loss(radiographs):
     model.train()
     inputs = processor(images=[radiographs[:1], radiographs], suffix=REPORTS)
     llm_before = model.model.language_model.layers[0].mlp.up_proj.weight.clone()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(4):
-        optimizer.zero_grad()
-        loss = model(**inputs).loss
-        loss.backward()
-        if not losses:
-            projector = model.model.connector.adapters["image"].mlp
-            assert projector[0].weight.grad.abs().sum() > 0 and projector[2].weight.grad.abs().sum() > 0
-        optimizer.step()
-        losses.append(loss.item())
+
+    def projector_has_gradients(model):
+        projector = model.model.connector.adapters["image"].mlp
+        assert projector[0].weight.grad.abs().sum() > 0 and projector[2].weight.grad.abs().sum() > 0
+
+    losses = adamw_steps(model, inputs, 4, on_first_backward=projector_has_gradients)
     assert losses[-1] < losses[0]
     assert torch.equal(model.model.language_model.layers[0].mlp.up_proj.weight, llm_before)  # LLM frozen
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from s2d_align.tiny import RAD_DINO_MEAN, RAD_DINO_STD, build_tiny
+from conftest import adamw_steps
 
 REPORTS = ["The heart is normal in size. The lungs are clear.", "Small left pleural effusion. No pneumothorax."]
 IMAGE_SIZE, PATCH, N_MEM = 64, 8, 8  # build_tiny's defaults: 64 px input, an 8 x 8 patch grid, 8 memory queries
@@ -139,14 +140,7 @@ def test_a_training_step_runs(radiographs):
     inputs = processor(images=[radiographs[:1], radiographs], suffix=REPORTS)
     adapter = [p for n, p in model.named_parameters() if p.requires_grad and "connector" in n]
     before = [p.detach().clone() for p in adapter]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(3):
-        optimizer.zero_grad()
-        loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = adamw_steps(model, inputs, 3)
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert any(not torch.equal(p, b) for p, b in zip(adapter, before))
 
