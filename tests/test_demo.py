@@ -74,3 +74,47 @@ def test_demo_eval_says_where_the_findings_are(demo):
     sided = sum(bool(s[name]) for s in states for name in ("pneumothorax", "effusion", "opacity"))
     assert saved["mirror"]["total"] == sided
     assert "Mirror test" in (out / "eval.md").read_text() or sided == 0
+
+
+# -- the committed stand-ins ----------------------------------------------------------------------------------------
+def test_a_demo_that_pretrains_its_stand_ins_writes_a_bundle_that_loads_with_its_recipe(demo):
+    from modeling_s2d import S2DAlignForConditionalGeneration
+    from s2d_align.training.standins import STANDIN_PREFIXES, load_bundled_standins
+
+    out, _ = demo
+    recipe = json.loads((out / "standins_bundle" / "recipe.json").read_text())
+    state, logs, why = load_bundled_standins(recipe, out / "standins_bundle")
+    assert why == "" and set(logs) == {"vision stand-in", "LLM stand-in"}
+    base = S2DAlignForConditionalGeneration.from_pretrained(out / "base").state_dict()
+    stand_in_keys = {k for k in base if k.startswith(STANDIN_PREFIXES)}
+    assert set(state) == stand_in_keys and all(state[k].equal(base[k]) for k in stand_in_keys)
+
+    changed = {**recipe, "fields": {**recipe["fields"], "llm_layers": 7}}
+    assert load_bundled_standins(changed, out / "standins_bundle")[2].endswith("(llm_layers)")
+    other_data = {**recipe, "train_split_sha256": "0" * 64}
+    assert "another train split" in load_bundled_standins(other_data, out / "standins_bundle")[2]
+
+
+def test_the_committed_stand_ins_fit_the_demo_defaults():
+    """The bundle in s2d_align/resources/demo_standins was made with today's DemoConfig: a changed default that
+    shapes the stand-ins must come with a refreshed bundle (copy `out/demo/standins_bundle` after a run with
+    `standins="pretrain"`), or every `make demo` would silently pretrain again."""
+    from s2d_align.tiny import build_tiny
+    from s2d_align.training.demo import STANDIN_FIELDS
+    from s2d_align.training.standins import bundled_standins_dir, load_bundled_standins
+
+    folder = bundled_standins_dir()
+    recipe = json.loads((folder / "recipe.json").read_text())
+    defaults = DemoConfig()
+    assert recipe["fields"] == {k: getattr(defaults, k) for k in sorted(STANDIN_FIELDS)}
+    state, _, why = load_bundled_standins(recipe, folder)
+    model, _ = build_tiny(["a left pleural effusion"] * 4, vocab_size=300, image_size=defaults.image_size,
+                          patch_size=defaults.patch_size, vision_width=defaults.vision_width,
+                          vision_layers=defaults.vision_layers, llm_width=defaults.llm_width,
+                          llm_layers=defaults.llm_layers, text_encoder="tiny", max_views=1)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    vocabulary_free = {k: v for k, v in state.items() if "embed_tokens" not in k and not k.startswith("lm_head")}
+    assert why == "" and vocabulary_free and all(shapes[k] == tuple(v.shape) for k, v in vocabulary_free.items())
+    # the vocabulary rows are the report tokenizer's (its BPE merges plus the special and placeholder tokens)
+    assert state["lm_head.weight"].shape[1] == defaults.llm_width >= 1
+    assert recipe["fields"]["vocab_size"] <= state["lm_head.weight"].shape[0] <= recipe["fields"]["vocab_size"] + 8

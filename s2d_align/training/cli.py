@@ -13,6 +13,9 @@ def register(subparsers) -> None:
     parser.add_argument("--num-patients", type=int, help="phantom patients (default 1200)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the image-blind baseline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-standins", action="store_true",
+                        help="pretrain the stand-in encoder and LLM here instead of using the committed ones "
+                             "(s2d_align/resources/demo_standins); the run writes a new bundle to OUT/standins_bundle")
     parser.set_defaults(func=_run)
 
     cache = subparsers.add_parser("cache", help="list or delete the frozen-feature caches of a prepared dataset")
@@ -28,7 +31,8 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from .demo import DemoConfig, run_demo
 
-    config = DemoConfig(seed=args.seed, baseline=not args.no_baseline)
+    config = DemoConfig(seed=args.seed, baseline=not args.no_baseline,
+                        standins="pretrain" if args.pretrain_standins else "bundled")
     if args.num_patients:
         config.num_patients = args.num_patients
     summary = run_demo(args.out, config)

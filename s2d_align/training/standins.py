@@ -15,6 +15,7 @@ Both use the transformers `Trainer`; then the encoder is frozen again by the cur
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import torch
 from datasets import Dataset
@@ -110,3 +111,74 @@ def pretrain_vision(model, processor, train_rows: Dataset, output_dir: str, *, e
     vision.requires_grad_(False)
     vision.eval()
     return trainer.state.log_history
+
+
+# -- the committed stand-ins ----------------------------------------------------------------------------------------
+# A real run starts from checkpoints that were pretrained elsewhere (Rad-DINO, Vicuna); the demo's stand-ins are
+# pretrained checkpoints too, and pretraining them took 11.6 of the demo's 31 minutes and made two runs of the same
+# seed differ (their threads' summation order differs under load). So the package ships the stand-ins that
+# `s2d demo` pretrained (`resources/demo_standins/`), with the recipe they were made from; the demo uses them when its
+# recipe is the same, and pretrains afresh otherwise (or with `standins="pretrain"`), writing a new bundle.
+BUNDLE_FILES = ("standins.safetensors", "recipe.json")
+STANDIN_PREFIXES = ("model.vision_tower.", "model.language_model.", "lm_head.")
+
+
+def bundled_standins_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("s2d_align") / "resources" / "demo_standins"))
+
+
+def standin_recipe(fields: dict, data_dir: str | Path, tokenizer) -> dict:
+    """What the stand-ins depend on: the demo settings that shape them (`fields`), the phantom training split (ids,
+    reports, key phrases and the bytes of every image) and the report tokenizer's vocabulary."""
+    import hashlib
+    import json
+
+    from datasets import load_from_disk
+
+    train = load_from_disk(str(data_dir))["train"]
+    digest = hashlib.sha256()
+    for row_id, report, phrases, paths in zip(train["id"], train["report"], train["key_phrases"],
+                                              train["image_paths"]):
+        digest.update(json.dumps([row_id, report, phrases]).encode())
+        for path in paths:
+            digest.update(Path(path).read_bytes())
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
+    return {"fields": dict(sorted(fields.items())), "train_split_sha256": digest.hexdigest(),
+            "tokenizer_vocab_sha256": hashlib.sha256(vocabulary).hexdigest()}
+
+
+def load_bundled_standins(recipe: dict, folder: Path | None = None) -> tuple[dict | None, dict | None, str]:
+    """`(state_dict, logs, "")` when `folder` holds stand-ins made with exactly `recipe`, else `(None, None, why)`."""
+    import json
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder or bundled_standins_dir())
+    if not all((folder / name).is_file() for name in BUNDLE_FILES):
+        return None, None, f"no stand-in bundle in {folder}"
+    saved = json.loads((folder / "recipe.json").read_text())
+    for key in ("fields", "train_split_sha256", "tokenizer_vocab_sha256"):
+        if saved.get(key) != recipe[key]:
+            if key == "fields":
+                changed = sorted(k for k in set(saved[key]) | set(recipe[key])
+                                 if saved[key].get(k) != recipe[key].get(k))
+                return None, None, f"the bundled stand-ins were made with other settings ({', '.join(changed)})"
+            return None, None, f"the bundled stand-ins were made from another {key.rsplit('_', 1)[0].replace('_', ' ')}"
+    return load_file(str(folder / "standins.safetensors")), saved.get("logs", {}), ""
+
+
+def write_standin_bundle(model, recipe: dict, logs: dict, folder: Path) -> Path:
+    """Save the stand-in weights of `model` (vision tower, LLM, LM head) and the recipe, as `s2d_align/resources/
+    demo_standins/` holds them (copy the folder there to refresh the committed stand-ins)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k.startswith(STANDIN_PREFIXES)}
+    save_file(state, str(folder / "standins.safetensors"))
+    (folder / "recipe.json").write_text(json.dumps({**recipe, "logs": logs, "made_by": "s2d demo (stand-ins "
+                                                    "pretrained in the run)"}, indent=1))
+    return folder
