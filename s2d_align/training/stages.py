@@ -58,7 +58,8 @@ import torch
 
 from .collator import STAGE_MODALITIES
 
-LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+# Llama's projections, and GPT-2's Conv1D layers (`c_attn`, `c_proj`, `c_fc`; PEFT sets `fan_in_fan_out` for them)
+LORA_TARGETS = (r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)")
 # The adapters are trained alongside LoRA; PEFT keeps a trainable copy of each (saved in the adapter file) and
 # `set_stage` decides which copies actually train in a stage.
 MODULES_TO_SAVE = ["connector.memory_bank", "connector.adapters.image", "connector.adapters.reference",

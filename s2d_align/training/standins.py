@@ -79,7 +79,10 @@ class _VisionProbe(nn.Module):
         self.head = nn.Linear(2 * vision_tower.config.hidden_size, num_targets)
 
     def forward(self, pixel_values, targets):
-        patches = self.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]
+        from modeling_s2d import vision_prefix_tokens
+
+        hidden = self.vision_tower(pixel_values=pixel_values).last_hidden_state
+        patches = hidden[:, vision_prefix_tokens(self.vision_tower.config):]
         # mean and max over the patches: large findings (heart size) move the mean, small ones (a focal opacity,
         # an apical pneumothorax) live in a few patches that a mean alone would dilute. Pooling does not erase
         # where: the patch tokens keep their side (a linear probe reads it from them at 1.00 on the phantom test
