@@ -118,3 +118,22 @@ def test_the_committed_stand_ins_fit_the_demo_defaults():
     # the vocabulary rows are the report tokenizer's (its BPE merges plus the special and placeholder tokens)
     assert state["lm_head.weight"].shape[1] == defaults.llm_width >= 1
     assert recipe["fields"]["vocab_size"] <= state["lm_head.weight"].shape[0] <= recipe["fields"]["vocab_size"] + 8
+
+
+def test_the_committed_stand_ins_were_made_from_todays_phantom_training_split(tmp_path):
+    """`make demo` uses the bundle only when the phantom generator still writes the same training split and the
+    report tokenizer comes out the same: a change to either must come with a refreshed bundle, or every `make demo`
+    pretrains again (11.6 more minutes)."""
+    from s2d_align.data.phantom import generate_phantom
+    from s2d_align.tiny import iu_xray_reports, train_report_tokenizer
+    from s2d_align.training.demo import STANDIN_FIELDS
+    from s2d_align.training.standins import bundled_standins_dir, standin_recipe
+
+    config = DemoConfig()
+    dataset = generate_phantom(tmp_path / "data", config.num_patients, seed=config.seed,
+                               image_size=config.render_size)
+    tokenizer = train_report_tokenizer(list(dataset["train"]["report"]) + iu_xray_reports(), config.vocab_size)
+    recipe = standin_recipe({k: getattr(config, k) for k in STANDIN_FIELDS}, tmp_path / "data", tokenizer)
+    committed = json.loads((bundled_standins_dir() / "recipe.json").read_text())
+    assert recipe["train_split_sha256"] == committed["train_split_sha256"]
+    assert recipe["tokenizer_vocab_sha256"] == committed["tokenizer_vocab_sha256"]

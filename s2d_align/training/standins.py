@@ -134,7 +134,10 @@ def bundled_standins_dir() -> Path:
 
 def standin_recipe(fields: dict, data_dir: str | Path, tokenizer) -> dict:
     """What the stand-ins depend on: the demo settings that shape them (`fields`), the phantom training split (ids,
-    reports, key phrases and the bytes of every image) and the report tokenizer's vocabulary."""
+    reports, key phrases and the generator's findings state of every study) and the report tokenizer's vocabulary.
+
+    Not the image bytes: the renderer's float arithmetic may round a pixel differently on another CPU, and the
+    committed stand-ins must still be used on a fresh machine. What the images show is fixed by the findings."""
     import hashlib
     import json
 
@@ -142,11 +145,8 @@ def standin_recipe(fields: dict, data_dir: str | Path, tokenizer) -> dict:
 
     train = load_from_disk(str(data_dir))["train"]
     digest = hashlib.sha256()
-    for row_id, report, phrases, paths in zip(train["id"], train["report"], train["key_phrases"],
-                                              train["image_paths"]):
-        digest.update(json.dumps([row_id, report, phrases]).encode())
-        for path in paths:
-            digest.update(Path(path).read_bytes())
+    for row in zip(train["id"], train["report"], train["key_phrases"], train["findings"]):
+        digest.update(json.dumps(row).encode())
     vocabulary = json.dumps(sorted(tokenizer.get_vocab().items())).encode()
     return {"fields": dict(sorted(fields.items())), "train_split_sha256": digest.hexdigest(),
             "tokenizer_vocab_sha256": hashlib.sha256(vocabulary).hexdigest()}
