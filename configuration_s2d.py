@@ -65,6 +65,15 @@ class S2DAlignConfig(PreTrainedConfig):
             processor writes `N_mem` times each and the model replaces with the adapter outputs.
         section: the report section the model writes, `findings` or `impression` (RRG24 trained one model per
             section); training sets it from the prepared dataset (`s2d prepare --section`).
+        anatomical_bias: `none` (default, the paper's) or `masks` (the layer-wise anatomical attention of Muniz-De-Leon
+            et al. 2025, arXiv 2512.16841, UDEM): a lung + heart mask per image (`anatomy_masks`, made by the
+            processor with the image's own resizing and cropping) becomes an additive bias on attention logits
+            towards the image patches inside it, smoothed coarse to fine; no trainable parameter. Under `llava` it
+            is added in every LLM layer `l` to the logits from text positions to image-patch positions; under `sma`
+            to the image adapter's cross-attention over the patches. The function is
+            `modeling_s2d.anatomical_bias_maps`.
+        anatomical_bias_scale: the bias where the smoothed mask is largest (it is 0 where it is smallest), in logit
+            units; 1.0 as in UDEM's code, whose maps lie in [0, 1].
     """
 
     model_type = "s2d_align"
@@ -122,6 +131,8 @@ class S2DAlignConfig(PreTrainedConfig):
     keyphrase_token_id: int = 32002
     tie_word_embeddings: bool = False
     section: Literal["findings", "impression"] = "findings"
+    anatomical_bias: Literal["none", "masks"] = "none"
+    anatomical_bias_scale: float = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -143,6 +154,11 @@ class S2DAlignConfig(PreTrainedConfig):
         if len(set(ids.values())) != len(ids) or max(ids.values()) >= self.text_config.vocab_size:
             raise ValueError(f"placeholder token ids {ids} must be distinct and < the LLM vocab size "
                              f"{self.text_config.vocab_size}")
+        if self.anatomical_bias not in ("none", "masks"):
+            raise ValueError(f"anatomical_bias must be 'none' or 'masks', got {self.anatomical_bias!r}")
+        if self.anatomical_bias == "masks" and self.connector not in ("sma", "llava"):
+            raise ValueError("anatomical_bias='masks' acts on attention over image patches: the `llava` connector's "
+                             f"LLM attention or the `sma` adapter's cross-attention, not connector={self.connector!r}")
         if self.section not in ("findings", "impression"):
             raise ValueError(f"section must be 'findings' or 'impression', got {self.section!r}")
 

@@ -88,6 +88,79 @@ def sincos_2d_position_embedding(rows: int, columns: int, width: int) -> torch.T
     return torch.cat([code(row.reshape(-1)), code(column.reshape(-1))], dim=-1)
 
 
+# -- anatomical attention bias (config `anatomical_bias: masks`) -----------------------------------------------------
+def gaussian_smoothing_matrix(size: int, sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """(size, size) float64 matrix `G` such that `G @ x` is the 1-D Gaussian smoothing of `x`: weights
+    `exp(-d^2 / (2 sigma^2))` for offsets `|d| <= int(truncate * sigma + 0.5)`, normalised to sum 1, with the
+    mirror boundary `d c b a | a b c d | d c b a` (SciPy's `ndimage.gaussian_filter1d(mode="reflect")`)."""
+    radius = int(truncate * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1)
+    weights = torch.exp(-0.5 * (offsets.double() / sigma) ** 2)
+    weights = weights / weights.sum()
+    columns = (torch.arange(size)[:, None] + offsets[None, :]) % (2 * size)  # the mirror boundary has period 2n
+    columns = torch.where(columns >= size, 2 * size - 1 - columns, columns)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    return matrix.scatter_add_(1, columns, weights.expand(size, -1).contiguous())
+
+
+def anatomical_layer_sigmas(num_layers: int) -> list[float]:
+    """Smoothing scale of each attention layer, in patch widths, coarse (first layer) to fine (last):
+    `sigma_l = (num_layers - l + 1) / 3` for `l = 0 .. num_layers - 1`. This is UDEM's schedule (odd kernel sizes
+    `k_l = 3 + 2 (num_layers - l)`, `sigma = (k - 1) / 6`) read on the encoder's patch grid instead of their fixed
+    32 x 32 grid: a 32-layer LLM goes from 11 patches down to a third of one."""
+    return [(num_layers - layer + 1) / 3 for layer in range(num_layers)]
+
+
+def anatomical_bias_maps(masks: torch.Tensor, grid: int, num_layers: int, scale: float = 1.0) -> torch.Tensor:
+    """Per-layer, per-patch attention bias from anatomy masks.
+
+    masks: (B, V, H, W) in [0, 1] (1 inside the lungs or the heart), at the encoder's input size, H = W = grid *
+    patch size. For each view: `m` = the share of each patch inside the mask (area mean over the patch), a
+    (grid, grid) map; for layer `l`, `s_l = G_l m G_l^T` (`gaussian_smoothing_matrix(grid, sigma_l)`,
+    `anatomical_layer_sigmas`), then min-max scaled to [0, 1] over the view's patches (all zeros when `s_l` is
+    constant: an empty or full mask biases nothing) and multiplied by `scale`.
+    Returns (B, V, num_layers, grid * grid), patches row-major like the encoder's patch sequence.
+    """
+    batch, views = masks.shape[:2]
+    cells = nn.functional.adaptive_avg_pool2d(masks.flatten(0, 1)[:, None].double(), grid)[:, 0]  # (BV, g, g)
+    layers = []
+    for sigma in anatomical_layer_sigmas(num_layers):
+        smoothing = gaussian_smoothing_matrix(grid, sigma).to(cells.device)
+        smooth = (smoothing @ cells @ smoothing.T).flatten(1)  # (BV, g*g)
+        low, high = smooth.amin(1, keepdim=True), smooth.amax(1, keepdim=True)
+        span = high - low
+        layers.append(torch.where(span > 1e-9, (smooth - low) / span.clamp_min(1e-9), torch.zeros_like(smooth)))
+    return (scale * torch.stack(layers, 1)).view(batch, views, num_layers, grid * grid).float()
+
+
+def _anatomical_attention_hook(module, args, kwargs):
+    """Forward pre-hook of each LLM attention module under `anatomical_bias: masks` with the `llava` connector:
+    adds layer `module.layer_idx`'s bias to the logits from text queries to image-patch keys by turning the
+    attention mask into an additive float mask (eager and SDPA both add it to the logits). The bias travels in the
+    `s2d_anatomical_bias` keyword, (text_query (B, K) bool, key_bias (B, num_layers, K)) over the K keys of the
+    whole sequence so far (prefix included, so it also holds when decoding with a KV cache); queries are the last Q
+    of those K positions."""
+    state = kwargs.pop("s2d_anatomical_bias", None)
+    if state is None:
+        return None
+    text_query, key_bias = state
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    queries, keys = hidden.shape[1], key_bias.shape[-1]
+    bias = text_query[:, keys - queries:, None].to(hidden.dtype) * key_bias[:, module.layer_idx, None, :].to(hidden.dtype)
+    mask = kwargs.get("attention_mask")
+    lowest = torch.finfo(hidden.dtype).min
+    if mask is None:  # SDPA skipped the mask (causal, no padding): build the causal one
+        allowed = torch.arange(keys, device=hidden.device)[None, :] <= torch.arange(keys - queries, keys,
+                                                                                    device=hidden.device)[:, None]
+        mask = torch.where(allowed, 0.0, lowest).to(hidden.dtype)[None, None]
+    elif mask.dtype == torch.bool:
+        mask = torch.where(mask, 0.0, lowest).to(hidden.dtype)
+    if mask.shape[-1] > keys:  # a static cache's mask spans its whole length
+        bias = nn.functional.pad(bias, (0, mask.shape[-1] - keys))
+    kwargs["attention_mask"] = mask + bias[:, None]
+    return args, kwargs
+
+
 class S2DMemoryBank(nn.Module):
     """`Q_mem`: `N_mem` learnable query vectors of the image-encoder width, shape (N_mem, d_v)."""
 
@@ -143,13 +216,23 @@ class S2DMemoryAdapter(nn.Module):
     output_attentions = False
     last_attentions = None
 
-    def forward(self, features: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        """features: (B, L, feature_dim); valid: (B, L) bool; memory: (B, N_mem, d_v) shared queries or None."""
+    def forward(self, features: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """features: (B, L, feature_dim); valid: (B, L) bool; memory: (B, N_mem, d_v) shared queries or None;
+        bias: (B, L) added to the cross-attention logits of every query and head (`sma` only; the anatomical bias)."""
         features = self.input_proj(features.to(self.mlp[0].weight.dtype))
         if self.memory_bank is not None:
             memory = self.memory_bank(features.shape[0])
+        if bias is not None and self.kind != "sma":
+            raise ValueError(f"an attention bias over the features needs the sma adapter, not {self.kind!r}")
         if self.kind == "sma":
-            hidden, weights = self.attention(memory, features, features, key_padding_mask=~valid,
+            padding, attn_mask = ~valid, None
+            if bias is not None:  # (B * heads, N_mem, L) float, the layout nn.MultiheadAttention takes; the padding
+                heads = self.attention.num_heads  # goes in too (it refuses a bool and a float mask together)
+                bias = bias.to(features.dtype).masked_fill(padding, torch.finfo(features.dtype).min)
+                attn_mask = bias[:, None, None, :].expand(-1, heads, memory.shape[1], -1)
+                padding, attn_mask = None, attn_mask.reshape(-1, memory.shape[1], bias.shape[-1])
+            hidden, weights = self.attention(memory, features, features, key_padding_mask=padding, attn_mask=attn_mask,
                                              need_weights=self.output_attentions, average_attn_weights=False)
             self.last_attentions = weights if self.output_attentions else None
         elif self.kind == "sma_msa":
@@ -189,9 +272,10 @@ class S2DAlignConnector(nn.Module):
             for modality in MODALITIES
         })
 
-    def forward(self, modality: str, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, modality: str, features: torch.Tensor, valid: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         memory = self.memory_bank(features.shape[0]) if self.memory_bank is not None else None
-        return self.adapters[modality](features, valid, memory)
+        return self.adapters[modality](features, valid, memory, bias)
 
 
 class S2DAlignPreTrainedModel(PreTrainedModel):
@@ -221,6 +305,10 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         self.view_embedding = nn.Embedding(config.max_views, config.vision_config.hidden_size)
         self.connector = S2DAlignConnector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        if config.anatomical_bias == "masks" and config.connector == "llava":
+            for module in self.language_model.modules():  # LlamaAttention, GPT2Attention, ...: one per layer
+                if type(module).__name__.endswith("Attention") and getattr(module, "layer_idx", None) is not None:
+                    module.register_forward_pre_hook(_anatomical_attention_hook, with_kwargs=True)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -270,11 +358,14 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         pixel_values=None, view_mask=None, image_features=None,
         reference_input_ids=None, reference_attention_mask=None, reference_features=None,
         keyphrase_input_ids=None, keyphrase_attention_mask=None, keyphrase_features=None,
+        anatomy_masks=None,
     ) -> dict:
         """Adapter outputs `{modality: (B, N_mem, llm_width)}` for the modalities given.
 
         Each modality comes either raw (pixels / token ids) or as cached frozen-encoder features
         (`image_features` (B, V, P, d_v) with `view_mask`; `*_features` (B, L, d_t) with the attention mask).
+        `anatomy_masks` (B, V, H, W): under `anatomical_bias: masks` with `sma`, the image adapter's cross-attention
+        gets `anatomical_bias_maps(anatomy_masks, grid, 1)` (one attention layer: one scale).
         """
         contexts = {}
         if pixel_values is not None or image_features is not None:
@@ -292,7 +383,11 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
             if self.config.image_position_embedding == "sincos2d":
                 tokens = tokens + self.patch_position_code(patches).to(tokens)
             valid = view_mask[:, :, None].expand(-1, -1, patches).reshape(batch, views * patches)
-            contexts["image"] = self.connector("image", tokens.reshape(batch, views * patches, width), valid)
+            bias = None
+            if self.config.anatomical_bias == "masks" and self.config.connector == "sma":
+                maps = self.anatomical_maps(anatomy_masks, views, 1)  # (B, V, 1, P)
+                bias = maps[:, :, 0].reshape(batch, views * patches).to(tokens.device)
+            contexts["image"] = self.connector("image", tokens.reshape(batch, views * patches, width), valid, bias)
         text_inputs = {"reference": (reference_input_ids, reference_attention_mask, reference_features),
                        "keyphrases": (keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features)}
         for modality, (ids, mask, features) in text_inputs.items():
@@ -304,6 +399,33 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
                 features = self.encode_text(ids, mask)
             contexts[modality] = self.connector(modality, features, mask.bool())
         return contexts
+
+    def anatomical_maps(self, anatomy_masks: torch.Tensor | None, views: int, num_layers: int) -> torch.Tensor:
+        """`anatomical_bias_maps` of this model's patch grid, (B, V, num_layers, P); a clear error without masks."""
+        if anatomy_masks is None:
+            raise ValueError("this model has anatomical_bias='masks': give anatomy_masks (B, V, H, W), a lung + heart "
+                             "mask per image, e.g. S2DAlignProcessor(images=..., anatomy_masks=...)")
+        if anatomy_masks.ndim != 4 or anatomy_masks.shape[1] < views:
+            raise ValueError(f"anatomy_masks must be (batch, views, height, width) with a mask for each of the {views} "
+                             f"views, got shape {tuple(anatomy_masks.shape)}")
+        vision = self.config.vision_config
+        return anatomical_bias_maps(anatomy_masks[:, :views].float(), vision.image_size // vision.patch_size,
+                                    num_layers, self.config.anatomical_bias_scale)
+
+    def anatomical_llm_bias(self, token_ids: torch.Tensor, anatomy_masks: torch.Tensor | None) -> tuple:
+        """`(text_query (B, K) bool, key_bias (B, num_layers, K))` for the LLM attention hooks (`llava` connector):
+        the k-th image placeholder of a row is the k-th patch of its present views, in order (as `scatter_context`
+        places them); every other key gets 0, and only non-image positions count as text queries."""
+        is_image = token_ids == self.config.image_token_id
+        layers = self.config.text_config.num_hidden_layers
+        patches = self.config.image_tokens_per_view
+        maps = self.anatomical_maps(anatomy_masks, anatomy_masks.shape[1] if anatomy_masks is not None else 1, layers)
+        key_bias = maps.new_zeros(token_ids.shape[0], layers, token_ids.shape[1])
+        for row in range(token_ids.shape[0]):
+            views = int(is_image[row].sum()) // patches
+            if views:
+                key_bias[row][:, is_image[row]] = maps[row, :views].permute(1, 0, 2).reshape(layers, views * patches)
+        return ~is_image, key_bias.to(token_ids.device)
 
     def image_token_mask(self, image_context: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor | None:
         """(B, V * P) bool: which tokens of an all-patch (`llava`) image context belong to present views; None for
@@ -361,16 +483,28 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         keyphrase_features: torch.Tensor | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,  # accepted and ignored: TRL calls the body with the whole batch
+        anatomy_masks: torch.Tensor | None = None,
+        anatomy_token_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> S2DAlignModelOutputWithPast:
-        """input_ids: (B, S) with the placeholders; returns `last_hidden_state` (B, S, llm_width)."""
+        """input_ids: (B, S) with the placeholders; returns `last_hidden_state` (B, S, llm_width).
+        `anatomy_masks` (B, V, H, W): see `S2DAlignConfig.anatomical_bias`; `anatomy_token_ids` (B, K): the whole
+        sequence so far when decoding with a KV cache (default: `input_ids`), where the image placeholders are."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         contexts = self.get_context_embeddings(
             pixel_values, view_mask, image_features, reference_input_ids, reference_attention_mask,
-            reference_features, keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features)
+            reference_features, keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features, anatomy_masks)
+        if self.config.anatomical_bias == "masks" and self.config.connector == "llava":
+            if "flash" in str(self.language_model.config._attn_implementation):
+                raise ValueError("anatomical_bias='masks' adds a bias to the attention logits, which flash attention "
+                                 "cannot take: load the model with attn_implementation='sdpa' or 'eager'")
+            token_ids = anatomy_token_ids if anatomy_token_ids is not None else input_ids
+            if token_ids is None:
+                raise ValueError("anatomical_bias='masks' needs input_ids (where the image placeholders are)")
+            kwargs["s2d_anatomical_bias"] = self.anatomical_llm_bias(token_ids, anatomy_masks)
         if input_ids is not None:
             image_valid = self.image_token_mask(contexts["image"], view_mask) if "image" in contexts else None
             inputs_embeds = self.scatter_context(input_ids, inputs_embeds, contexts, image_valid)
@@ -471,6 +605,8 @@ class S2DAlignForConditionalGeneration(S2DAlignPreTrainedModel, GenerationMixin)
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        anatomy_masks: torch.Tensor | None = None,
+        anatomy_token_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> S2DAlignCausalLMOutputWithPast:
         """Context inputs as in `S2DAlignModel.forward`; `labels` (B, S) with -100 outside the report tokens.
@@ -483,7 +619,8 @@ class S2DAlignForConditionalGeneration(S2DAlignPreTrainedModel, GenerationMixin)
             view_mask=view_mask, image_features=image_features, reference_input_ids=reference_input_ids,
             reference_attention_mask=reference_attention_mask, reference_features=reference_features,
             keyphrase_input_ids=keyphrase_input_ids, keyphrase_attention_mask=keyphrase_attention_mask,
-            keyphrase_features=keyphrase_features, use_cache=use_cache, **kwargs)
+            keyphrase_features=keyphrase_features, use_cache=use_cache, anatomy_masks=anatomy_masks,
+            anatomy_token_ids=anatomy_token_ids, **kwargs)
         hidden = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden[:, keep, :])
@@ -504,11 +641,14 @@ class S2DAlignForConditionalGeneration(S2DAlignPreTrainedModel, GenerationMixin)
         kwargs["suppress_tokens"] = sorted(set(suppress) | set(self.config.placeholder_token_ids.values()))
         return super().generate(*args, **kwargs)
 
-    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool | None = False, **kwargs):
-        inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+    def prepare_inputs_for_generation(self, input_ids, *args, is_first_iteration: bool | None = False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, is_first_iteration=is_first_iteration,
+                                                       **kwargs)
         if not is_first_iteration and kwargs.get("use_cache", True):
             for key in CONTEXT_INPUTS:  # the KV cache already holds the prefix
                 inputs.pop(key, None)
+        if kwargs.get("anatomy_masks") is not None:  # the anatomical bias spans every key, cached ones included
+            inputs["anatomy_masks"], inputs["anatomy_token_ids"] = kwargs["anatomy_masks"], input_ids
         return inputs
 
 

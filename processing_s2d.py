@@ -94,6 +94,18 @@ def load_radiograph(image, name: str | None = None) -> Image.Image:
     return _to_gray(image, label).convert("RGB")
 
 
+def load_anatomy_mask(mask, name: str | None = None) -> Image.Image:
+    """Open a lung + heart mask (path, PIL image or array; white or 1 inside, black or 0 outside) as an RGB image
+    the image processor can resize like its radiograph. A 0/1 array or an image whose maximum is 1 is scaled to
+    0/255; 16-bit and float masks are windowed like radiographs (`load_radiograph`)."""
+    if isinstance(mask, np.ndarray) and mask.dtype == bool:
+        mask = mask.astype(np.uint8) * 255
+    image = load_radiograph(mask, name)
+    if image.getextrema()[0][1] == 1:  # a 0/1 label image
+        image = image.point(lambda v: 255 if v else 0)
+    return image
+
+
 def _to_gray(image: Image.Image, label: str) -> Image.Image:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
@@ -245,7 +257,9 @@ class S2DAlignProcessor(ProcessorMixin):
     padding; without it, generation inputs with left padding), optional `references` (one string per study) and
     `key_phrases` (one list of strings per study). Returns a `BatchFeature` with `input_ids`, `attention_mask`,
     (`labels`), `pixel_values` (B, V, 3, H, W), `view_mask` (B, V) and, when given, `reference_input_ids` /
-    `reference_attention_mask` and `keyphrase_input_ids` / `keyphrase_attention_mask`.
+    `reference_attention_mask` and `keyphrase_input_ids` / `keyphrase_attention_mask`. Optional `anatomy_masks`
+    (laid out like `images`: one lung + heart mask per image) give `anatomy_masks` (B, V, H, W) in [0, 1], through the
+    same view rule, stitching, resizing and cropping as their images (for `anatomical_bias: masks`).
 
     In a prompt, one `<image>` stands for the whole study (or one per view, as the chat template writes them): the
     model's image prefix is one block of `num_memory_queries` tokens whatever the number of views, so the processor
@@ -371,8 +385,12 @@ class S2DAlignProcessor(ProcessorMixin):
         return {"reports": len(texts), "truncated": sum(n > self.max_report_tokens for n in lengths),
                 "longest_tokens": max(lengths, default=0), "max_report_tokens": self.max_report_tokens}
 
-    def _images(self, images, view_positions=None) -> dict:
+    def _images(self, images, view_positions=None, anatomy_masks=None) -> dict:
         studies = _studies(images)
+        masks = _studies(anatomy_masks) if anatomy_masks is not None else None
+        if masks is not None and [len(m) for m in masks] != [len(v) for v in studies]:
+            raise ValueError(f"anatomy_masks must hold one mask per image of each study: got {[len(m) for m in masks]} "
+                             f"masks for {[len(v) for v in studies]} images")
         if view_positions is not None and len(view_positions) != len(studies):
             raise ValueError(f"got {len(view_positions)} view-position lists for {len(studies)} studies")
         for index, views in enumerate(studies):
@@ -385,10 +403,21 @@ class S2DAlignProcessor(ProcessorMixin):
                 logger.warning_once(f"studies with more than max_views={self.max_views} images are cut to "
                                     f"{self.max_views} views: {VIEW_RULE}")
             studies[index] = [views[i] for i in keep]
+            if masks is not None:
+                masks[index] = [masks[index][i] for i in keep]
         studies = [[load_radiograph(v) for v in views] for views in studies]
+        if masks is not None:  # the same views, then the same geometry as their images
+            masks = [[load_anatomy_mask(m) for m in views] for views in masks]
+            for views, mask_views in zip(studies, masks):
+                for image, mask in zip(views, mask_views):
+                    if image.size != mask.size:
+                        raise ValueError(f"an anatomy mask is {mask.size[0]}x{mask.size[1]} px but its image is "
+                                         f"{image.size[0]}x{image.size[1]} px; a mask must match its image")
         if self.multiview == "stitch":  # one image per study: the model sees one view
             size = encoder_input_size(self.image_processor)
             studies = [[stitch_views(views, size)] for views in studies]
+            if masks is not None:
+                masks = [[stitch_views(views, size)] for views in masks]
         flat = [image for views in studies for image in views]
         pixels = self.image_processor(flat, return_tensors="pt")["pixel_values"]
         most = max(len(v) for v in studies)
@@ -399,7 +428,24 @@ class S2DAlignProcessor(ProcessorMixin):
             pixel_values[index, : len(views)] = pixels[start: start + len(views)]
             view_mask[index, : len(views)] = True
             start += len(views)
-        return {"pixel_values": pixel_values, "view_mask": view_mask}
+        data = {"pixel_values": pixel_values, "view_mask": view_mask}
+        if masks is not None:
+            data["anatomy_masks"] = self._mask_values([m for views in masks for m in views], view_mask)
+        return data
+
+    def _mask_values(self, flat: list, view_mask: torch.Tensor) -> torch.Tensor:
+        """(B, V, H, W) masks in [0, 1] at the encoder's input size: each mask goes through the image processor
+        exactly as its radiograph does (same resize and crop), and the normalisation is undone."""
+        values = self.image_processor(flat, return_tensors="pt")["pixel_values"][:, 0]
+        if getattr(self.image_processor, "do_normalize", False):
+            mean, std = self.image_processor.image_mean, self.image_processor.image_std
+            mean, std = (mean[0], std[0]) if isinstance(mean, (list, tuple)) else (mean, std)
+            values = values * std + mean
+        if not getattr(self.image_processor, "do_rescale", True):
+            values = values / 255.0
+        out = values.new_zeros(*view_mask.shape, *values.shape[1:])
+        out[view_mask] = values.clamp(0.0, 1.0)
+        return out
 
     def _context_text(self, texts, prefix: str, batch: int) -> dict:
         if len(texts) != batch:
@@ -414,7 +460,7 @@ class S2DAlignProcessor(ProcessorMixin):
     # -- main entry point -----------------------------------------------------------------------------------------
     def __call__(self, images=None, text=None, references=None, key_phrases=None, suffix=None, return_tensors="pt",
                  view_positions=None, videos=None, audio=None, add_special_tokens=True, padding=True,
-                 **kwargs) -> BatchFeature:
+                 anatomy_masks=None, **kwargs) -> BatchFeature:
         """See the class docstring. `videos` / `audio` (passed as None by `apply_chat_template`) must stay None;
         `padding` is accepted for the pipeline's sake: rows are always padded to the longest one."""
         if return_tensors not in ("pt", None):
@@ -426,8 +472,10 @@ class S2DAlignProcessor(ProcessorMixin):
         if images is None and text is None and suffix is None:
             raise ValueError("give images (with, for training, the reports as suffix)")
         data, modalities = {}, []
+        if anatomy_masks is not None and images is None:
+            raise ValueError("anatomy_masks go with their images: one lung + heart mask per image")
         if images is not None:
-            data.update(self._images(images, view_positions))
+            data.update(self._images(images, view_positions, anatomy_masks))
             modalities.append("image")
         batch = _batch_size(images, text, suffix, references, key_phrases)
         if references is not None:

@@ -39,9 +39,20 @@ def _load_study(views, positions, max_views: int) -> list:
     return [load_radiograph(views[i]) for i in select_views(views, positions, max_views)]
 
 
+def _select_masks(views, masks, positions, max_views: int) -> list:
+    from processing_s2d import select_views
+
+    views = list(views) if isinstance(views, (list, tuple)) else [views]
+    masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+    if len(masks) != len(views):
+        raise ValueError(f"the study has {len(views)} images but {len(masks)} anatomy masks")
+    return [masks[i] for i in select_views(views, positions, max_views)]
+
+
 @torch.inference_mode()
 def generate_rows(model, processor, studies: list, *, batch_size: int = 16, max_new_tokens: int | None = None,
-                  num_beams: int = 1, progress: bool = True, view_positions: list | None = None) -> list[dict]:
+                  num_beams: int = 1, progress: bool = True, view_positions: list | None = None,
+                  anatomy_masks: list | None = None) -> list[dict]:
     """One row per study, in order: `{"report": text}`, or `{"error": message}` for a study whose images cannot be
     read (missing, not an image, smaller than 16 px); the other studies of its batch are generated as usual.
 
@@ -49,7 +60,8 @@ def generate_rows(model, processor, studies: list, *, batch_size: int = 16, max_
     ViewPosition strings per study, optional) pick the views of studies with more than `max_views` images by the
     view rule (frontal first, then lateral); without them the given order counts. `max_new_tokens` defaults to the
     longest training target, `processor.max_report_tokens` + EOS. Greedy decoding by default (`num_beams` > 1: beam
-    search); batches are left-padded so they generate exactly what single studies do.
+    search); batches are left-padded so they generate exactly what single studies do. `anatomy_masks` (laid out like
+    `studies`, one mask per image): for a model with `anatomical_bias: masks`.
     """
     max_new_tokens = max_new_tokens or processor.max_report_tokens + 1
     rows: list[dict] = []
@@ -59,12 +71,19 @@ def generate_rows(model, processor, studies: list, *, batch_size: int = 16, max_
             positions = view_positions[index] if view_positions is not None else None
             try:
                 loaded[index] = _load_study(studies[index], positions, processor.max_views)
+                if anatomy_masks is not None:  # the same views as the images, in the same order
+                    loaded[index] = (loaded[index], _select_masks(studies[index], anatomy_masks[index], positions,
+                                                                  processor.max_views))
             except IMAGE_ERRORS as err:  # one bad file must not cost the batch its reports
                 rows.append({"error": str(err)})
                 continue
             rows.append(None)  # filled in below, keeping the input order
         if loaded:
-            inputs = processor(images=list(loaded.values())).to(model.device)
+            if anatomy_masks is not None:
+                inputs = processor(images=[v[0] for v in loaded.values()],
+                                   anatomy_masks=[v[1] for v in loaded.values()]).to(model.device)
+            else:
+                inputs = processor(images=list(loaded.values())).to(model.device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
             reports = processor.batch_decode(out, prompt_length=inputs["input_ids"].shape[1])
             for index, report in zip(loaded, reports):

@@ -88,7 +88,8 @@ def tiny_image_processor(image_size: int = 64) -> BitImageProcessorPil:
 def tiny_config(tokenizer, *, image_size: int = 64, patch_size: int = 8, vision_width: int = 64,
                 vision_layers: int = 2, llm_width: int = 128, llm_layers: int = 2, num_memory_queries: int = 8,
                 text_encoder: str = "tiny", connector: str = "sma", max_views: int = 2,
-                image_position_embedding: str = "none", multiview: str = "concat") -> S2DAlignConfig:
+                image_position_embedding: str = "none", multiview: str = "concat", anatomical_bias: str = "none",
+                anatomical_bias_scale: float = 1.0) -> S2DAlignConfig:
     """A small S2D-Align config. `text_encoder` is "tiny" (random 2-layer BERT, MiniLM's vocabulary) or
     "minilm" (the pretrained MiniLM-L6 architecture: load its weights with `load_minilm_weights`)."""
     if text_encoder == "minilm":
@@ -107,8 +108,8 @@ def tiny_config(tokenizer, *, image_size: int = 64, patch_size: int = 8, vision_
                          num_key_value_heads=4, max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id),
         num_memory_queries=num_memory_queries, adapter_num_heads=4, connector=connector, max_views=max_views,
-        image_position_embedding=image_position_embedding, multiview=multiview,
-        image_token_id=ids[0], reference_token_id=ids[1], keyphrase_token_id=ids[2],
+        image_position_embedding=image_position_embedding, multiview=multiview, anatomical_bias=anatomical_bias,
+        anatomical_bias_scale=anatomical_bias_scale, image_token_id=ids[0], reference_token_id=ids[1], keyphrase_token_id=ids[2],
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id)
 

@@ -9,7 +9,9 @@ Each split (`train`, `validation`, `test`) of the `DatasetDict` has the columns 
     reference       str, stage-2 reference report ("" when none); reference_id str ("" when none)
     key_phrases     list[str], stage-3 key phrases
     labels          str, JSON of the 14 CheXpert observations (1/0/-1/null), "" when unknown
-plus dataset-specific string extras (`report_raw` with --clean; phantom: `findings`, `locations`).
+plus dataset-specific string extras (`report_raw` with --clean; phantom: `findings`, `locations`), and optionally
+    anatomy_mask_paths  list[str], one lung + heart mask image per entry of `image_paths`, same order (white inside
+                    the lungs or the heart); what `anatomical_bias: masks` reads. The phantom writes exact ones.
 Building splits through `build_dataset_dict` keeps column types identical across splits, even when a
 split is empty, so `DatasetDict.save_to_disk` / `load_from_disk` round-trip cleanly.
 """
@@ -56,12 +58,12 @@ def empty_row(**values) -> dict:
 
 
 def features_for(rows: Iterable[Mapping]) -> Features:
-    """Base features plus a string column for each extra key found in `rows`."""
+    """Base features plus a string (or, for a list value, list-of-strings) column for each extra key in `rows`."""
     feats = dict(BASE_FEATURES)
     for row in rows:
         for key in row:
             if key not in feats:
-                feats[key] = Value("string")
+                feats[key] = List(Value("string")) if isinstance(row[key], list) else Value("string")
     return Features(feats)
 
 

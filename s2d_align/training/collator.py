@@ -75,6 +75,8 @@ class S2DAlignCollator:
             pixels / reference token ids (key phrases are sampled per step, so they are always encoded live).
         modality_dropout: probability that a training batch drops to the image-only prompt (ours, not the
             paper's; 0 = off). See the module docstring for why it is drawn per batch.
+        anatomy_masks: batches carry `anatomy_masks` from the rows' `anatomy_mask_paths` (a model with
+            `anatomical_bias: masks`).
 
     `truncated_reports` / `collated_reports`: running counts of the targets this collator cut at
     `max_report_tokens` (no EOS) and of all targets it built (in the process that runs it: the main process with
@@ -87,6 +89,7 @@ class S2DAlignCollator:
     epoch: int = 0
     features: object = None
     modality_dropout: float = 0.0
+    anatomy_masks: bool = False
     batch_offset: int = 0  # batches of this epoch skipped by a resume (set by EpochCallback)
     truncated_reports: int = 0
     collated_reports: int = 0
@@ -123,14 +126,28 @@ class S2DAlignCollator:
         reports = [r["report"] for r in rows]
         references = ([r.get("reference") or "" for r in rows] if "reference" in modalities else None)
         phrases = self.key_phrases(rows) if "keyphrases" in modalities else None
+        masks = self._mask_paths(rows)
         if self.features is None:
             batch = dict(self.processor(images=[list(r["image_paths"]) for r in rows], suffix=reports,
                                         references=references, key_phrases=phrases,
-                                        view_positions=[r.get("view_positions") for r in rows]))
+                                        view_positions=[r.get("view_positions") for r in rows], anatomy_masks=masks))
         else:
             batch = self._from_cache(rows, reports, references, phrases, modalities)
+            if masks is not None:  # the masks need their images' geometry, so the images are opened (not encoded)
+                batch["anatomy_masks"] = self.processor._images([list(r["image_paths"]) for r in rows],
+                                                                [r.get("view_positions") for r in rows],
+                                                                masks)["anatomy_masks"]
         self._count_truncated(batch["labels"])
         return batch
+
+    def _mask_paths(self, rows) -> list | None:
+        if not self.anatomy_masks:
+            return None
+        missing = [r.get("id") for r in rows if not r.get("anatomy_mask_paths")]
+        if missing:
+            raise ValueError(f"anatomical_bias='masks' needs an `anatomy_mask_paths` column (one lung + heart mask per "
+                             f"image); rows {missing[:5]} have none")
+        return [list(r["anatomy_mask_paths"]) for r in rows]
 
     def _count_truncated(self, labels: torch.Tensor) -> None:
         """A target ends with EOS unless it was cut at `max_report_tokens`."""

@@ -81,7 +81,8 @@ def run_stage(model_path, dataset_path, output_dir, stage, *, resume: bool = Fal
     if args.deepspeed_plugin is None:  # DeepSpeed keeps float32 master weights itself
         upcast_trainables(model)
     collator = S2DAlignCollator(processor, spec.modalities, seed=args.seed, features=cache,
-                                modality_dropout=modality_dropout)
+                                modality_dropout=modality_dropout,
+                                anatomy_masks=model.config.anatomical_bias == "masks")
     evals = eval_views(data["eval"], spec.modalities) if "eval" in data else None
     trainer = S2DTrainer(model=model, args=args, data_collator=collator, train_dataset=data["train"],
                          eval_dataset=evals, processing_class=processor,

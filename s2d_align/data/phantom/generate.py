@@ -121,14 +121,20 @@ def generate_patient(image_dir: Path, seed: int, patient: int, size: int, id_wid
         if k:
             state = F.next_study(state, rng)
             date += dt.timedelta(days=int(rng.integers(7, 400)))
-        image, locations = render_study(state, anatomy, np.random.default_rng([seed, patient, k, 1]), size)
+        image, locations, mask = render_study(state, anatomy, np.random.default_rng([seed, patient, k, 1]), size,
+                                              with_mask=True)
         study = f"{subject}_s{k + 1}"
         path = image_dir / subject / f"{study}.png"
         Image.fromarray(image, mode="L").save(path, compress_level=1)
+        # the exact lung + heart mask, for `anatomical_bias: masks` (issue 13); a real dataset gets its masks from a
+        # segmentation source (README, "Anatomical attention bias")
+        mask_path = image_dir / subject / f"{study}_mask.png"
+        Image.fromarray(mask, mode="L").save(mask_path, compress_level=1)
         report, labels = write_report(state, rng)
         rows.append({
             "id": study, "subject_id": subject, "study_id": study, "study_date": date.isoformat(),
-            "image_paths": [str(path)], "view_positions": ["PA"], "report": report,
+            "image_paths": [str(path)], "anatomy_mask_paths": [str(mask_path)], "view_positions": ["PA"],
+            "report": report,
             "key_phrases": key_phrases(state), "labels": labels_to_json(labels),
             "findings": json.dumps(state, sort_keys=True), "locations": json.dumps(locations),
             "_thumb": _thumbnail(image),

@@ -265,8 +265,11 @@ def finish(c: Canvas, jitter: Jitter, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def render_study(findings: dict, anatomy: Anatomy, rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict]]:
-    """Draw one study. Returns the uint8 image and the findings' locations (pixel boxes).
+def render_study(findings: dict, anatomy: Anatomy, rng: np.random.Generator, size: int,
+                 with_mask: bool = False) -> tuple:
+    """Draw one study. Returns the uint8 image and the findings' locations (pixel boxes); with `with_mask`, also
+    the exact anatomy mask (uint8, 255 inside either lung or the heart, 0 elsewhere: the soft masks the image was
+    painted with, cut at 0.5). The mask consumes no random numbers, so the image is the same either way.
 
     Order matters: lung findings first, then the mediastinum and heart over them, then the focal
     opacity (additive, so visible through the heart) and devices on top.
@@ -289,7 +292,12 @@ def render_study(findings: dict, anatomy: Anatomy, rng: np.random.Generator, siz
     for loc in locations:
         if loc["finding"] == "heart":
             loc["ctr"] = round(ctr, 3)  # cardiothoracic ratio drawn (> 0.5 = cardiomegaly)
-    return finish(c, jitter, rng), locations
+    image = finish(c, jitter, rng)
+    if not with_mask:
+        return image, locations
+    heart = _ellipse(c.u, c.v, hu, hv, hw, hh, c.edge)
+    inside = np.maximum(np.maximum(lungs["right"], lungs["left"]), heart) > 0.5
+    return image, locations, (inside * 255).astype(np.uint8)
 
 
 def _draw_lung_findings(c: Canvas, lungs: dict, findings: dict):
