@@ -171,6 +171,12 @@ def register(subparsers) -> None:
     parser.add_argument("--multiview", choices=["concat", "stitch"], default="concat",
                         help="concat: each view encoded on its own (default); stitch: the views of a study side by "
                              "side in one image (RRG24), see processing_s2d.stitch_views")
+    parser.add_argument("--anatomical-bias", choices=["none", "masks"], default="none",
+                        help="masks: UDEM's layer-wise anatomical attention (a lung + heart mask per image biases "
+                             "attention towards it; llava: every LLM layer, sma: the image adapter); needs "
+                             "`s2d prepare --anatomy-masks DIR`")
+    parser.add_argument("--anatomical-bias-scale", type=float, default=1.0,
+                        help="the bias at the mask's smoothed maximum, in logits (default 1.0, UDEM's)")
     parser.set_defaults(func=_run)
 
 
@@ -178,6 +184,7 @@ def _run(args) -> int:
     out = build_from_components(
         vision=args.vision, text_encoder=args.text_encoder, llm=args.llm, out_dir=args.out,
         dtype=getattr(torch, args.dtype) if args.dtype else None, num_memory_queries=args.num_memory_queries,
-        connector=args.connector, max_views=args.max_views, multiview=args.multiview)
+        connector=args.connector, max_views=args.max_views, multiview=args.multiview,
+        anatomical_bias=args.anatomical_bias, anatomical_bias_scale=args.anatomical_bias_scale)
     print(f"wrote {out}")
     return 0

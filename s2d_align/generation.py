@@ -156,6 +156,14 @@ def _dataset_studies(path: str, split: str) -> tuple[list, list, list, list]:
     return list(rows["id"]), [list(p) for p in rows["image_paths"]], positions, list(rows["report"])
 
 
+def _dataset_masks(path: str, split: str) -> list | None:
+    """The `anatomy_mask_paths` of one split of a prepared dataset, None when it has no such column."""
+    from datasets import load_from_disk
+
+    rows = load_from_disk(path)[split]
+    return [list(m) for m in rows["anatomy_mask_paths"]] if "anatomy_mask_paths" in rows.column_names else None
+
+
 def read_studies(path: str) -> tuple[list, list, list | None]:
     """ids, image lists and view positions (None when no line has them) of a studies JSONL file.
 
@@ -205,9 +213,17 @@ def _shard_rows(args, state, ids, studies, positions) -> list[tuple[int, dict]]:
         image_adapter(model)
     pick = (lambda seq: [seq[i] for i in mine]) if mine else (lambda seq: [])
     shard_positions = pick(positions) if positions is not None else None
+    masks = None
+    if model.config.anatomical_bias == "masks":  # the bias needs each image's lung + heart mask
+        masks = _dataset_masks(args.dataset, args.split) if args.dataset else None
+        if masks is None:
+            raise ValueError(f"{args.model} has anatomical_bias='masks': generate with --dataset holding an "
+                             "`anatomy_mask_paths` column (`s2d prepare --anatomy-masks DIR`; the phantom has one)")
+        masks = pick(masks)
     rows = generate_rows(model, processor, pick(studies), batch_size=args.batch_size,
                          max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                         view_positions=shard_positions, progress=state.is_main_process and not args.no_progress)
+                         view_positions=shard_positions, progress=state.is_main_process and not args.no_progress,
+                         anatomy_masks=masks)
     if args.attention_maps:
         _write_maps(args.attention_maps, model, processor, [ids[i] for i in mine], pick(studies), shard_positions,
                     rows, args.batch_size)

@@ -92,7 +92,9 @@ def test_same_seed_same_bytes_and_different_seed_differs(tmp_path):
         h = hashlib.sha256()
         for r in rows(dsd):
             h.update(Path(r["image_paths"][0]).read_bytes())
-            h.update(json.dumps({k: v for k, v in r.items() if k != "image_paths"}, sort_keys=True).encode())
+            h.update(Path(r["anatomy_mask_paths"][0]).read_bytes())
+            paths = ("image_paths", "anatomy_mask_paths")  # absolute: they differ between the two folders
+            h.update(json.dumps({k: v for k, v in r.items() if k not in paths}, sort_keys=True).encode())
         return h.hexdigest()
 
     assert digest(tmp_path / "a", 7) == digest(tmp_path / "b", 7)

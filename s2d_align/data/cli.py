@@ -29,6 +29,8 @@ def register(subparsers) -> None:
                      help="a missing or unreadable image: stop with an error (default) or skip the sample and count it")
     src.add_argument("--no-verify-images", dest="verify_images", action="store_false",
                      help="only check that image files exist (skip opening them with PIL)")
+    src.add_argument("--anatomy-masks", type=Path, help="folder of lung + heart masks, <image file stem>.png per image "
+                     "(for anatomical_bias: masks; e.g. CheXmask's for MIMIC-CXR written as PNGs)")
     src.add_argument("--clean", action="store_true", help="apply R2Gen's report cleaning (original kept in report_raw)")
     src.add_argument("--section", choices=("findings", "impression"), default="findings",
                      help="the report section the model learns to write (default findings; RRG24 trained one model "
@@ -65,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in (
         "annotation", "reports_tgz", "image_root", "mimic_root", "reports_root", "missing_images", "verify_images",
         "clean", "reference", "feature_model", "device", "keyphrases", "rewrite_model", "rewrite_cache",
-        "num_patients", "seed", "image_size", "num_workers", "model", "max_views", "section")}
+        "num_patients", "seed", "image_size", "num_workers", "model", "max_views", "section",
+        "anatomy_masks")}
     try:
         prepare(args.dataset, args.out, **options)
     except FileNotFoundError:

@@ -28,7 +28,7 @@ DEFAULTS = {
     "reference": None, "keyphrases": None, "clean": False, "missing_images": "error",
     "verify_images": True, "feature_model": None, "features": None, "device": "cpu",
     "rewrite_model": None, "rewrite_cache": None, "num_patients": 200, "seed": 0, "image_size": 128,
-    "num_workers": 0, "max_views": None, "model": None, "section": "findings",
+    "num_workers": 0, "max_views": None, "model": None, "section": "findings", "anatomy_masks": None,
 }
 # IU X-Ray has one study per patient: `same_patient` would give every sample an empty reference.
 DEFAULT_REFERENCE = {"iu_xray": "retrieval", "mimic_cxr": "same_patient", "phantom": "same_patient"}
@@ -48,7 +48,9 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     on image paths); rewrite_model / rewrite_cache (optional LLM rewrite of key phrases);
     num_patients, seed, image_size, num_workers (phantom); section ("findings" | "impression": the report section
     that becomes the target; studies without it are skipped and counted; recorded in prepare_summary.json, from
-    where training copies it into the model's config).
+    where training copies it into the model's config); anatomy_masks (a folder of lung + heart masks, one
+    `<image file stem>.png` per image: the `anatomy_mask_paths` column that `anatomical_bias: masks` reads; see
+    `s2d_align.data.anatomy_masks`; the phantom writes its own).
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -70,9 +72,14 @@ def prepare(dataset: str, out_dir, **options) -> DatasetDict:
     if sum(len(ds) for ds in dsd.values()) == 0:
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.counts.items()) or "the input has no entries"
         raise ValueError(f"{dataset}: no usable samples ({reasons})")
+    sections: dict = {}
+    if opts["anatomy_masks"]:
+        from .anatomy_masks import attach_anatomy_masks
+
+        dsd, sections["anatomy_masks"] = attach_anatomy_masks(dsd, opts["anatomy_masks"], opts["missing_images"],
+                                                              skipped)
     backend = opts["keyphrases"] or "rules"
     dsd = attach_key_phrases(dsd, backend)
-    sections: dict = {}
     if opts["rewrite_model"]:
         dsd, sections["keyphrase_rewrite"] = _rewrite(dsd, opts, out_dir)
     ref_stats: dict = {}

@@ -161,8 +161,10 @@ def _set_threads(threads: int) -> None:
 
 
 # -- stand-ins ------------------------------------------------------------------------------------------------------
-def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
+def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig, model_overrides: dict | None = None):
     """A tiny S2D-Align whose image encoder and LLM have been pretrained as stand-ins, saved to `base_dir`.
+    `model_overrides`: config fields of the model around them (e.g. `connector="llava"`, `anatomical_bias`); the
+    stand-ins do not depend on them (benchmarks compare connectors on the same stand-ins).
 
     The two pretrainings touch disjoint weights (the vision tower; the LLM body and head), so they run as two jobs
     from one saved initial model, and their weights are put together here."""
@@ -179,7 +181,8 @@ def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig):
         texts, vocab_size=config.vocab_size, seed=config.seed, image_size=config.image_size,
         patch_size=config.patch_size, vision_width=config.vision_width, vision_layers=config.vision_layers,
         llm_width=config.llm_width, llm_layers=config.llm_layers, num_memory_queries=config.num_memory_queries,
-        text_encoder="minilm", max_views=1, image_position_embedding=config.image_position_embedding)
+        text_encoder="minilm", max_views=1,
+        **{"image_position_embedding": config.image_position_embedding, **(model_overrides or {})})
     from .standins import load_bundled_standins, standin_recipe, write_standin_bundle
 
     recipe = standin_recipe({k: getattr(config, k) for k in STANDIN_FIELDS}, data_dir, processor.tokenizer)
