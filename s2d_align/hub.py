@@ -203,6 +203,9 @@ def render_model_card(model_dir: Path, repo_id: str) -> str:
         "num_memory_queries": config["num_memory_queries"],
         "adapter_heads": config["adapter_num_heads"],
         "mlp_depth": config["adapter_mlp_depth"],
+        "anatomical_bias": (f"lung + heart masks (UDEM's layer-wise bias, scale {config.get('anatomical_bias_scale', 1.0)}): "
+                            "give one mask per image, `processor(images=..., anatomy_masks=...)`"
+                            if config.get("anatomical_bias") == "masks" else "none"),
         "total_params": f"{total:,}" if isinstance(total, int) else "see config",
         "curriculum": info.get("curriculum", "s1,s2,s3"),
         # the section training recorded in the config (`s2d prepare --section`); a folder saved before it existed

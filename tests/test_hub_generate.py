@@ -148,3 +148,35 @@ def test_section_reaches_the_model_card_and_generation(saved, radiographs, tmp_p
     capsys.readouterr()
     assert main(["generate", "--model", str(folder), "--dataset", str(data), "--max-new-tokens", "2"]) == 2
     assert "writes the impression section but dataset" in capsys.readouterr().err
+
+
+def test_anatomical_bias_reaches_the_model_card_and_generate_needs_masks(saved, tmp_path, capsys):
+    """A model with `anatomical_bias: masks` says so in its card; `s2d generate` refuses images without masks and
+    generates from a dataset whose rows carry `anatomy_mask_paths`."""
+    import shutil
+
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+    from PIL import Image
+
+    folder = tmp_path / "biased-model"
+    shutil.copytree(saved, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "anatomical_bias": "masks"}))
+    push(str(folder), "someone/tiny-biased", dry_run=True)
+    assert "anatomy_masks=" in (folder / "README.md").read_text()
+    assert "| anatomical attention bias | none |" in (push(str(saved), "someone/tiny-s2d", dry_run=True)
+                                                       and (saved / "README.md").read_text())
+    image, mask = tmp_path / "x.png", tmp_path / "x_mask.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80), dtype=np.uint8)).save(image)
+    Image.fromarray(np.pad(np.full((40, 60), 255, np.uint8), ((20, 20), (10, 10)))).save(mask)
+    capsys.readouterr()
+    assert main(["generate", "--model", str(folder), "--images", str(image), "--max-new-tokens", "2"]) != 0
+    assert "anatomy_mask_paths" in capsys.readouterr().err
+    data = tmp_path / "data"
+    DatasetDict({"test": Dataset.from_list([dict(id="s1", image_paths=[str(image)], anatomy_mask_paths=[str(mask)],
+                                                 report="Clear.")])}).save_to_disk(str(data))
+    preds = tmp_path / "preds.jsonl"
+    assert main(["generate", "--model", str(folder), "--dataset", str(data), "--max-new-tokens", "2",
+                 "--out", str(preds)]) == 0
+    assert "report" in json.loads(preds.read_text().splitlines()[0])
