@@ -263,3 +263,28 @@ def test_gpt2_decoder_takes_the_bias(masked_models):
         cached = model.generate(**prompt, max_new_tokens=8, do_sample=False)
         uncached = model.generate(**prompt, max_new_tokens=8, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_the_bias_survives_activation_checkpointing():
+    """Under gradient checkpointing the LLM layers run again in the backward pass: the bias must be there again, so
+    the gradients equal those of a plain backward pass (they differ if the recomputation lost it)."""
+    model, processor = build_tiny(vocab_size=512, seed=0, connector="llava", llm_layers=3, anatomical_bias="masks",
+                                  anatomical_bias_scale=4.0)
+    inputs = _inputs(processor)
+    for param in model.model.language_model.parameters():
+        param.requires_grad_(True)
+    model.train()
+
+    def gradients():
+        model.zero_grad()
+        model(**inputs).loss.backward()
+        return {n: p.grad.clone() for n, p in model.model.language_model.named_parameters()}
+    plain = gradients()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert model.model.language_model.gradient_checkpointing
+    checkpointed = gradients()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, atol=1e-6, rtol=1e-5)
+    model.gradient_checkpointing_disable()
+    model.config.anatomical_bias_scale = 0.0  # and the bias matters for these gradients at all
+    assert any((gradients()[n] - g).abs().max() > 1e-6 for n, g in plain.items())
