@@ -66,6 +66,10 @@ def train_system(name: str, overrides: dict, stages: list, data_dir: str, work: 
 
     config = DemoConfig()
     root = Path(work) / name.replace(",", "_").replace("+", "_")
+    last = root / stages[-1][0]
+    if (last / "config.json").is_file() and (root / "stages.json").is_file() and \
+            json.loads((root / "stages.json").read_text()) == [[s, share * scale] for s, share in stages]:
+        return str(last)  # trained by an earlier run of the same suite and budget: evaluate only
     base, _ = build_standin_base(root / "base", Path(data_dir), config, overrides)
     current = str(base)
     for stage, share in stages:
@@ -76,6 +80,7 @@ def train_system(name: str, overrides: dict, stages: list, data_dir: str, work: 
                             seed=config.seed, use_cpu=True, bf16=False, gradient_checkpointing=False,
                             activation_checkpointing=False, save_strategy="no", logging_steps=10, disable_tqdm=True,
                             modality_dropout=dropout)
+    (root / "stages.json").write_text(json.dumps([[s, share * scale] for s, share in stages]))
     return current
 
 
@@ -98,10 +103,31 @@ def evaluate_system(final: str, data_dir: str) -> dict:
     metrics = evaluate_reports(predictions, dict(zip(ids, test["report"])), convention=CE_CONVENTION,
                                labeler=LABELER, references_kind="raw", clean="iu_xray", radgraph=False)
     attributes = attribute_accuracy(predictions, dict(zip(ids, test["findings"])))
+    mirror = mirror_test(model, processor, test, predictions, masks)
     return {"ce": metrics["ce"], "nlg": metrics["nlg"], "intervals": metrics.get("intervals"),
             "attributes": {k: {f: v[f] for f in ("correct", "total", "accuracy")} for k, v in attributes.items()},
+            "mirror": mirror,
             "attention_inside_anatomy": attention_inside_anatomy(model, processor, test.select(range(ATTENTION_STUDIES))),
             "connector": model.config.connector, "anatomical_bias": model.config.anatomical_bias}
+
+
+def mirror_test(model, processor, test, predictions: dict, masks) -> dict:
+    """The test studies with a sided finding, images (and masks) flipped left-right: do the reports swap sides?"""
+    from PIL import Image, ImageOps
+
+    from s2d_align.generation import generate_rows
+    from s2d_align.metrics.phantom_attributes import mirror_agreement
+
+    sided = [i for i, f in enumerate(test["findings"])
+             if any(json.loads(f).get(name) for name in ("pneumothorax", "effusion", "opacity"))]
+    flip = lambda paths: [ImageOps.mirror(Image.open(p)) for p in paths]  # noqa: E731
+    rows = generate_rows(model, processor, [flip(test[i]["image_paths"]) for i in sided], batch_size=32,
+                         max_new_tokens=DemoConfig().max_new_tokens, progress=False,
+                         anatomy_masks=[flip(masks[i]) for i in sided] if masks is not None else None)
+    ids = [test[i]["id"] for i in sided]
+    result = mirror_agreement({s: predictions[s] for s in ids}, {s: r["report"] for s, r in zip(ids, rows)},
+                              {s: test[i]["findings"] for s, i in zip(ids, sided)})
+    return {k: result[k] for k in ("swapped", "total", "fraction")}
 
 
 @torch.no_grad()
@@ -194,8 +220,8 @@ def _interval(result: dict) -> str:
 
 
 def table(summary: dict) -> str:
-    rows = ["| system | stages (epochs) | CE micro-F1 [95% CI] | BLEU-4 | side rows (ptx / eff / opac) | attention in "
-            "lungs+heart (chance) |", "|---|---|---|---|---|---|"]
+    rows = ["| system | stages (epochs) | CE micro-F1 [95% CI] | BLEU-4 | side rows (ptx / eff / opac) | level / device "
+            "| mirror | attention in lungs+heart (chance) |", "|---|---|---|---|---|---|---|---|"]
     for name, r in summary["systems"].items():
         a = r["attributes"]
         sides = " / ".join(f"{a[k]['correct']}/{a[k]['total']}" for k in
@@ -203,8 +229,10 @@ def table(summary: dict) -> str:
         att = r["attention_inside_anatomy"]
         share = f"{att['share']:.2f} ({att['chance']:.2f})" if att.get("share") is not None else "n/a"
         stages = ", ".join(f"{s} {e:g}" for s, e in r["stages"])
+        others = " / ".join(f"{a[k]['correct']}/{a[k]['total']}" for k in ("opacity level", "device kind"))
+        mirror = f"{r['mirror']['swapped']}/{r['mirror']['total']}" if r.get("mirror") else "n/a"
         rows.append(f"| {name} | {stages} | {_interval(r)} | {r['nlg'].get('BLEU_4', float('nan')):.3f} | "
-                    f"{sides} | {share} |")
+                    f"{sides} | {others} | {mirror} | {share} |")
     return (f"Phantom test split, suite `{summary['suite']}`, {summary['budget']}; CE by the rules labeler "
             "(rules labeler: not comparable with CheXbert-based tables)\n\n" + "\n".join(rows) + "\n")
 
