@@ -10,6 +10,7 @@ copies it into a Hub repo as remote code.
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import nn
@@ -111,6 +112,13 @@ def anatomical_layer_sigmas(num_layers: int) -> list[float]:
     return [(num_layers - layer + 1) / 3 for layer in range(num_layers)]
 
 
+@lru_cache(maxsize=8)
+def _layer_smoothing(grid: int, num_layers: int) -> torch.Tensor:
+    """(num_layers, grid, grid) float64: each layer's `gaussian_smoothing_matrix`, built once per shape (generation
+    asks for them at every decode step)."""
+    return torch.stack([gaussian_smoothing_matrix(grid, sigma) for sigma in anatomical_layer_sigmas(num_layers)])
+
+
 def anatomical_bias_maps(masks: torch.Tensor, grid: int, num_layers: int, scale: float = 1.0) -> torch.Tensor:
     """Per-layer, per-patch attention bias from anatomy masks.
 
@@ -123,14 +131,12 @@ def anatomical_bias_maps(masks: torch.Tensor, grid: int, num_layers: int, scale:
     """
     batch, views = masks.shape[:2]
     cells = nn.functional.adaptive_avg_pool2d(masks.flatten(0, 1)[:, None].double(), grid)[:, 0]  # (BV, g, g)
-    layers = []
-    for sigma in anatomical_layer_sigmas(num_layers):
-        smoothing = gaussian_smoothing_matrix(grid, sigma).to(cells.device)
-        smooth = (smoothing @ cells @ smoothing.T).flatten(1)  # (BV, g*g)
-        low, high = smooth.amin(1, keepdim=True), smooth.amax(1, keepdim=True)
-        span = high - low
-        layers.append(torch.where(span > 1e-9, (smooth - low) / span.clamp_min(1e-9), torch.zeros_like(smooth)))
-    return (scale * torch.stack(layers, 1)).view(batch, views, num_layers, grid * grid).float()
+    smoothing = _layer_smoothing(grid, num_layers).to(cells.device)  # (L, g, g)
+    smooth = torch.einsum("lij,njk,lmk->nlim", smoothing, cells, smoothing).flatten(2)  # G_l m G_l^T: (BV, L, g*g)
+    low, high = smooth.amin(2, keepdim=True), smooth.amax(2, keepdim=True)
+    span = high - low
+    scaled = torch.where(span > 1e-9, (smooth - low) / span.clamp_min(1e-9), torch.zeros_like(smooth))
+    return (scale * scaled).view(batch, views, num_layers, grid * grid).float()
 
 
 def _anatomical_attention_hook(module, args, kwargs):
@@ -420,12 +426,14 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
         layers = self.config.text_config.num_hidden_layers
         patches = self.config.image_tokens_per_view
         maps = self.anatomical_maps(anatomy_masks, anatomy_masks.shape[1] if anatomy_masks is not None else 1, layers)
-        key_bias = maps.new_zeros(token_ids.shape[0], layers, token_ids.shape[1])
-        for row in range(token_ids.shape[0]):
-            views = int(is_image[row].sum()) // patches
-            if views:
-                key_bias[row][:, is_image[row]] = maps[row, :views].permute(1, 0, 2).reshape(layers, views * patches)
-        return ~is_image, key_bias.to(token_ids.device)
+        batch, views = maps.shape[:2]
+        per_layer = maps.permute(0, 2, 1, 3).reshape(batch, layers, views * patches).to(token_ids.device)
+        # row b has n_b placeholders: its first n_b patches (present views come first); no host sync per row
+        placed = torch.arange(views * patches, device=token_ids.device)[None] < is_image.sum(1, keepdim=True)
+        key_bias = per_layer.new_zeros(batch, layers, token_ids.shape[1])
+        key_bias = key_bias.masked_scatter(is_image[:, None].expand_as(key_bias),
+                                           per_layer[placed[:, None].expand_as(per_layer)])
+        return ~is_image, key_bias
 
     def image_token_mask(self, image_context: torch.Tensor, view_mask: torch.Tensor | None) -> torch.Tensor | None:
         """(B, V * P) bool: which tokens of an all-patch (`llava`) image context belong to present views; None for
