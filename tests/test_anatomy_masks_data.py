@@ -51,7 +51,7 @@ def test_prepare_attaches_a_mask_folder_by_image_file_stem(tmp_path):
     (tmp_path / "masks").mkdir()
     for stem in ("a", "b"):
         Image.new("L", (32, 32)).save(tmp_path / "masks" / f"{stem}.png")
-    dsd, stats = attach_anatomy_masks(_dataset(tmp_path, ["a.jpg", "b.dcm.jpg"][:1] + ["b.jpg"]), tmp_path / "masks")
+    dsd, stats = attach_anatomy_masks(_dataset(tmp_path, ["a.jpg", "b.jpg"]), tmp_path / "masks")
     assert [p[0].rsplit("/", 1)[-1] for p in dsd["train"]["anatomy_mask_paths"]] == ["a.png", "b.png"]
     assert stats["studies_without_mask"] == 0
     with pytest.raises(FileNotFoundError, match=r"c\.png"):

@@ -28,24 +28,19 @@ def attach_anatomy_masks(dsd: DatasetDict, folder, missing: str = "error", skipp
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"anatomy mask folder not found: {folder}")
-    absent: list[str] = []
-
-    def paths(row):
-        expected = [mask_path(folder, p) for p in row["image_paths"]]
-        gone = [str(p) for p in expected if not p.is_file()]
-        if gone:
-            absent.append(f"{row['id']}: {gone[0]}")
-        return {"anatomy_mask_paths": [str(p.resolve()) for p in expected], "_mask_ok": not gone}
-
-    out = DatasetDict({split: ds.map(paths, desc=f"anatomy masks ({split})") for split, ds in dsd.items()})
+    out, absent = DatasetDict(), []  # absent: "id: first missing mask" per study without all its masks
+    for split, ds in dsd.items():
+        expected = [[mask_path(folder, p) for p in images] for images in ds["image_paths"]]
+        gone = [next((str(m) for m in masks if not m.is_file()), None) for masks in expected]
+        absent += [f"{row_id}: {missing_mask}" for row_id, missing_mask in zip(ds["id"], gone) if missing_mask]
+        if skipped is not None and missing != "error":
+            for row_id in (i for i, g in zip(ds["id"], gone) if g):
+                skipped.skip("no anatomy mask", row_id)
+        ds = ds.add_column("anatomy_mask_paths", [[str(m.resolve()) for m in masks] for masks in expected])
+        out[split] = ds.select([i for i, g in enumerate(gone) if g is None])
     if absent and missing == "error":
         raise FileNotFoundError(f"{len(absent)} studies have images without an anatomy mask in {folder} (the mask of "
                                 f"image X.jpg is {folder}/X.png); first: {absent[:3]}. Pass --missing-images skip to "
                                 "drop those studies")
-    for split, ds in out.items():
-        for row_id, ok in zip(ds["id"], ds["_mask_ok"]):
-            if not ok and skipped is not None:
-                skipped.skip("no anatomy mask", row_id)
-        out[split] = ds.filter(lambda ok: ok, input_columns="_mask_ok").remove_columns("_mask_ok")
     return out, {"folder": str(folder.resolve()), "rule": "<folder>/<image file stem>.png",
                  "studies_without_mask": len(absent), "dropped": len(absent) if missing == "skip" else 0}
