@@ -385,7 +385,8 @@ class S2DAlignProcessor(ProcessorMixin):
         return {"reports": len(texts), "truncated": sum(n > self.max_report_tokens for n in lengths),
                 "longest_tokens": max(lengths, default=0), "max_report_tokens": self.max_report_tokens}
 
-    def _images(self, images, view_positions=None, anatomy_masks=None) -> dict:
+    def _select_views(self, images, view_positions=None, anatomy_masks=None) -> tuple[list, list | None]:
+        """Each study's views (and their masks) cut to `max_views` by the view rule, still unopened."""
         studies = _studies(images)
         masks = _studies(anatomy_masks) if anatomy_masks is not None else None
         if masks is not None and [len(m) for m in masks] != [len(v) for v in studies]:
@@ -405,38 +406,44 @@ class S2DAlignProcessor(ProcessorMixin):
             studies[index] = [views[i] for i in keep]
             if masks is not None:
                 masks[index] = [masks[index][i] for i in keep]
+                for image, mask in zip(studies[index], masks[index]):
+                    if _stored_size(image) != _stored_size(mask):
+                        raise ValueError("an anatomy mask is {}x{} px but its image is {}x{} px; a mask must match its "
+                                         "image".format(*_stored_size(mask), *_stored_size(image)))
+        return studies, masks
+
+    def _images(self, images, view_positions=None, anatomy_masks=None) -> dict:
+        studies, masks = self._select_views(images, view_positions, anatomy_masks)
         studies = [[load_radiograph(v) for v in views] for views in studies]
-        if masks is not None:  # the same views, then the same geometry as their images
-            masks = [[load_anatomy_mask(m) for m in views] for views in masks]
-            for views, mask_views in zip(studies, masks):
-                for image, mask in zip(views, mask_views):
-                    if image.size != mask.size:
-                        raise ValueError(f"an anatomy mask is {mask.size[0]}x{mask.size[1]} px but its image is "
-                                         f"{image.size[0]}x{image.size[1]} px; a mask must match its image")
         if self.multiview == "stitch":  # one image per study: the model sees one view
             size = encoder_input_size(self.image_processor)
             studies = [[stitch_views(views, size)] for views in studies]
-            if masks is not None:
-                masks = [[stitch_views(views, size)] for views in masks]
         flat = [image for views in studies for image in views]
         pixels = self.image_processor(flat, return_tensors="pt")["pixel_values"]
-        most = max(len(v) for v in studies)
-        pixel_values = pixels.new_zeros(len(studies), most, *pixels.shape[1:])
-        view_mask = torch.zeros(len(studies), most, dtype=torch.bool)
-        start = 0
-        for index, views in enumerate(studies):
-            pixel_values[index, : len(views)] = pixels[start: start + len(views)]
-            view_mask[index, : len(views)] = True
-            start += len(views)
+        view_mask = _view_mask([len(v) for v in studies])
+        pixel_values = pixels.new_zeros(*view_mask.shape, *pixels.shape[1:])
+        pixel_values[view_mask] = pixels
         data = {"pixel_values": pixel_values, "view_mask": view_mask}
         if masks is not None:
-            data["anatomy_masks"] = self._mask_values([m for views in masks for m in views], view_mask)
+            data["anatomy_masks"] = self._mask_values(masks, view_mask)
         return data
 
-    def _mask_values(self, flat: list, view_mask: torch.Tensor) -> torch.Tensor:
-        """(B, V, H, W) masks in [0, 1] at the encoder's input size: each mask goes through the image processor
-        exactly as its radiograph does (same resize and crop), and the normalisation is undone."""
-        values = self.image_processor(flat, return_tensors="pt")["pixel_values"][:, 0]
+    def anatomy_mask_values(self, images, anatomy_masks, view_positions=None) -> torch.Tensor:
+        """`anatomy_masks` (B, V, H, W) alone, as `__call__` makes them, without decoding the images (only their
+        stored sizes are read): for batches whose image features come from the feature cache."""
+        studies, masks = self._select_views(images, view_positions, anatomy_masks)
+        views = [1 if self.multiview == "stitch" else len(v) for v in studies]
+        return self._mask_values(masks, _view_mask(views))
+
+    def _mask_values(self, masks: list, view_mask: torch.Tensor) -> torch.Tensor:
+        """(B, V, H, W) masks in [0, 1] at the encoder's input size: each mask goes through the view rule's choice,
+        stitching and the image processor exactly as its radiograph does (same resize and crop), and the
+        normalisation is undone."""
+        masks = [[load_anatomy_mask(m) for m in views] for views in masks]
+        if self.multiview == "stitch":
+            size = encoder_input_size(self.image_processor)
+            masks = [[stitch_views(views, size)] for views in masks]
+        values = self.image_processor([m for views in masks for m in views], return_tensors="pt")["pixel_values"][:, 0]
         if getattr(self.image_processor, "do_normalize", False):
             mean, std = self.image_processor.image_mean, self.image_processor.image_std
             mean, std = (mean[0], std[0]) if isinstance(mean, (list, tuple)) else (mean, std)
@@ -559,6 +566,26 @@ class S2DAlignProcessor(ProcessorMixin):
 
 def _as_list(value) -> list:
     return [value] if isinstance(value, str) else list(value)
+
+
+def _view_mask(views: list[int]) -> torch.Tensor:
+    """(B, max views) bool, True for each study's first `views[b]` slots (the layout of `pixel_values`)."""
+    return torch.arange(max(views))[None] < torch.tensor(views)[:, None]
+
+
+def _stored_size(image) -> tuple[int, int]:
+    """(width, height) of a path (read from the file's header, not decoded), PIL image or array."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            with Image.open(image) as opened:
+                return opened.size
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image not found: {os.fspath(image)}") from None
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {os.fspath(image)}: {err}") from None
+    if isinstance(image, np.ndarray):
+        return image.shape[1], image.shape[0]
+    return image.size
 
 
 def _studies(images) -> list:

@@ -221,6 +221,8 @@ def test_the_processor_gives_masks_the_geometry_of_their_images(masked_models):
     mean, std = processor.image_processor.image_mean[0], processor.image_processor.image_std[0]
     torch.testing.assert_close(out["anatomy_masks"], (out["pixel_values"][:, :, 0] * std + mean).clamp(0, 1),
                                atol=1e-5, rtol=0)
+    # the feature cache's path: masks alone, the images not decoded, the same values
+    torch.testing.assert_close(processor.anatomy_mask_values([binary], [binary]), out["anatomy_masks"])
     with pytest.raises(ValueError, match="must match its image"):
         processor(images=[binary[:1]], anatomy_masks=[[binary[0].resize((40, 40))]])
     with pytest.raises(ValueError, match="one mask per image"):
@@ -231,6 +233,7 @@ def test_the_processor_gives_masks_the_geometry_of_their_images(masked_models):
                                  num_memory_queries=8, multiview="stitch")
     out = stitcher(images=[binary], anatomy_masks=[binary])
     assert out["anatomy_masks"].shape == (1, 1, SIZE, SIZE)
+    torch.testing.assert_close(stitcher.anatomy_mask_values([binary], [binary]), out["anatomy_masks"])
     torch.testing.assert_close(out["anatomy_masks"], (out["pixel_values"][:, :, 0] * std + mean).clamp(0, 1),
                                atol=1e-5, rtol=0)
 

@@ -192,6 +192,12 @@ def test_collator_stage_inputs(tiny_folder, data):
                 "keyphrase_input_ids", "keyphrase_attention_mask"):
         assert torch.equal(cached[key].long(), stage3[key].long()), key
     assert "pixel_values" not in cached and cached["image_features"].shape[:2] == stage3["view_mask"].shape
+    # anatomy masks (here each image stands in as its own mask): the cached batch makes the same ones without
+    # decoding the images
+    masked = [{**row, "anatomy_mask_paths": list(row["image_paths"])} for row in rows]
+    live = S2DAlignCollator(processor, ("image",), anatomy_masks=True)(masked)["anatomy_masks"]
+    from_cache = S2DAlignCollator(processor, ("image",), features=cache, anatomy_masks=True)(masked)["anatomy_masks"]
+    assert live.shape[:2] == stage1["view_mask"].shape and torch.equal(live, from_cache)
 
 
 def test_collator_requires_the_image():

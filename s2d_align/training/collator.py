@@ -133,10 +133,9 @@ class S2DAlignCollator:
                                         view_positions=[r.get("view_positions") for r in rows], anatomy_masks=masks))
         else:
             batch = self._from_cache(rows, reports, references, phrases, modalities)
-            if masks is not None:  # the masks need their images' geometry, so the images are opened (not encoded)
-                batch["anatomy_masks"] = self.processor._images([list(r["image_paths"]) for r in rows],
-                                                                [r.get("view_positions") for r in rows],
-                                                                masks)["anatomy_masks"]
+            if masks is not None:  # the images themselves are not decoded, only their sizes read
+                batch["anatomy_masks"] = self.processor.anatomy_mask_values([list(r["image_paths"]) for r in rows],
+                                                                            masks, [r.get("view_positions") for r in rows])
         self._count_truncated(batch["labels"])
         return batch
 
