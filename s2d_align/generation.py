@@ -29,24 +29,20 @@ def load_model(model_dir: str, device: str | None = None, dtype: torch.dtype | N
 IMAGE_ERRORS = (ValueError, FileNotFoundError, OSError)
 
 
-def _load_study(views, positions, max_views: int) -> list:
-    """The views the model sees (the processor's view rule), opened as 8-bit RGB; raises naming a bad file."""
+def _load_study(views, positions, max_views: int, masks=None) -> tuple[list, list | None]:
+    """The views the model sees (the processor's view rule), opened as 8-bit RGB, and their anatomy masks (unopened)
+    when given; raises naming a bad file."""
     from processing_s2d import load_radiograph, select_views
 
     views = list(views) if isinstance(views, (list, tuple)) else [views]
     if not views:
         raise ValueError("the study has no images")
-    return [load_radiograph(views[i]) for i in select_views(views, positions, max_views)]
-
-
-def _select_masks(views, masks, positions, max_views: int) -> list:
-    from processing_s2d import select_views
-
-    views = list(views) if isinstance(views, (list, tuple)) else [views]
-    masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
-    if len(masks) != len(views):
-        raise ValueError(f"the study has {len(views)} images but {len(masks)} anatomy masks")
-    return [masks[i] for i in select_views(views, positions, max_views)]
+    if masks is not None:
+        masks = list(masks) if isinstance(masks, (list, tuple)) else [masks]
+        if len(masks) != len(views):
+            raise ValueError(f"the study has {len(views)} images but {len(masks)} anatomy masks")
+    keep = select_views(views, positions, max_views)
+    return [load_radiograph(views[i]) for i in keep], None if masks is None else [masks[i] for i in keep]
 
 
 @torch.inference_mode()
@@ -70,20 +66,16 @@ def generate_rows(model, processor, studies: list, *, batch_size: int = 16, max_
         for index in range(start, min(start + batch_size, len(studies))):
             positions = view_positions[index] if view_positions is not None else None
             try:
-                loaded[index] = _load_study(studies[index], positions, processor.max_views)
-                if anatomy_masks is not None:  # the same views as the images, in the same order
-                    loaded[index] = (loaded[index], _select_masks(studies[index], anatomy_masks[index], positions,
-                                                                  processor.max_views))
+                loaded[index] = _load_study(studies[index], positions, processor.max_views,
+                                            anatomy_masks[index] if anatomy_masks is not None else None)
             except IMAGE_ERRORS as err:  # one bad file must not cost the batch its reports
                 rows.append({"error": str(err)})
                 continue
             rows.append(None)  # filled in below, keeping the input order
         if loaded:
-            if anatomy_masks is not None:
-                inputs = processor(images=[v[0] for v in loaded.values()],
-                                   anatomy_masks=[v[1] for v in loaded.values()]).to(model.device)
-            else:
-                inputs = processor(images=list(loaded.values())).to(model.device)
+            images, masks = zip(*loaded.values())
+            inputs = processor(images=list(images),
+                               anatomy_masks=list(masks) if anatomy_masks is not None else None).to(model.device)
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False)
             reports = processor.batch_decode(out, prompt_length=inputs["input_ids"].shape[1])
             for index, report in zip(loaded, reports):
