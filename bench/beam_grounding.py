@@ -25,6 +25,7 @@ SIDED = ("pneumothorax", "effusion", "opacity")
 
 
 def load_demo_model(folder: Path):
+    """The committed demo model in `folder` (copied there with the MiniLM tokenizer when absent), float32, eval."""
     from configuration_s2d import S2DAlignConfig
     from modeling_s2d import S2DAlignForConditionalGeneration
     from processing_s2d import S2DAlignProcessor
@@ -36,8 +37,11 @@ def load_demo_model(folder: Path):
                         ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx", "*.h5", "*.ot"))
     model = S2DAlignForConditionalGeneration(S2DAlignConfig.from_pretrained(folder))
     load_minilm_weights(model)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(folder / "weights.safetensors")).items()},
-                          strict=False)
+    missing, unexpected = model.load_state_dict(
+        {k: v.float() for k, v in load_file(str(folder / "weights.safetensors")).items()}, strict=False)
+    if unexpected or not all(k.startswith("model.text_encoder.") for k in missing):
+        raise ValueError(f"{folder}: weights do not fit the demo model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
     return model.eval(), S2DAlignProcessor.from_pretrained(folder)
 
 

@@ -113,11 +113,10 @@ def test_llava_bias_sits_on_text_to_patch_logits_in_every_layer(masked_models):
     masks = _attention_masks(biased, inputs)
     assert sorted(masks) == [0, 1, 2]
     image = inputs["input_ids"] == biased.config.image_token_id
-    maps = _reference_maps  # per study and view, computed independently
     for layer, mask in masks.items():
         for row in range(2):
             views = int(image[row].sum()) // GRID**2
-            expected = np.concatenate([maps(_mask_array(seed), GRID, 3, 4.0)[layer]
+            expected = np.concatenate([_reference_maps(_mask_array(seed), GRID, 3, 4.0)[layer]
                                        for seed in ([1], [2, 3])[row][:views]])
             text = torch.nonzero(~image[row]).flatten()
             queries = text[text > torch.nonzero(image[row]).max()]  # text after the image: it sees every patch

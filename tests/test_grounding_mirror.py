@@ -6,40 +6,23 @@ MiniLM text encoder's, float16; `tests/fixtures/make_demo_mirror_fixture.py` wri
 set of the demo's phantom test patients, rendered here by the phantom generator (the demo's seed and split)."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image, ImageOps
-from safetensors.torch import load_file
 
 from s2d_align.data.phantom import assign_splits, generate_patient
 from s2d_align.metrics.phantom_attributes import attribute_accuracy, mirror_agreement
 from s2d_align.training.demo import DemoConfig
 
-FIXTURE = Path(__file__).parent / "fixtures" / "demo_mirror"
 SIDED = ("pneumothorax", "effusion", "opacity")
 
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
-    from configuration_s2d import S2DAlignConfig
-    from modeling_s2d import S2DAlignForConditionalGeneration
-    from processing_s2d import S2DAlignProcessor
-    from s2d_align.tiny import load_minilm_weights, minilm_path
+    from bench.beam_grounding import load_demo_model  # the fixture + the packaged MiniLM weights, as the bench loads it
 
-    folder = tmp_path_factory.mktemp("demo_mirror")
-    for path in FIXTURE.iterdir():
-        shutil.copy(path, folder / path.name)
-    shutil.copytree(minilm_path(), folder / "text_encoder_tokenizer",
-                    ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.onnx", "*.h5", "*.ot"))
-    model = S2DAlignForConditionalGeneration(S2DAlignConfig.from_pretrained(folder))
-    load_minilm_weights(model)
-    missing, unexpected = model.load_state_dict(
-        {k: v.float() for k, v in load_file(str(folder / "weights.safetensors")).items()}, strict=False)
-    assert not unexpected and all(k.startswith("model.text_encoder.") for k in missing)
-    return model.eval(), S2DAlignProcessor.from_pretrained(folder)
+    return load_demo_model(tmp_path_factory.mktemp("demo_mirror") / "model")
 
 
 @pytest.fixture(scope="module")
