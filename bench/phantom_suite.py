@@ -9,6 +9,9 @@ Suites:
   table3    the paper's Table 3 curricula with the `sma` connector: s1, joint, s1+s2, s1+s3, s1+s3+s2, s1+s2+s3.
   table4    the paper's Table 4 connectors with the s1+s2+s3 curriculum: mlp, qformer, sma_msa, sma_unshared, sma.
   ablations table3 and table4 in one run (10 systems: Table 4's `sma` is Table 3's `s1,s2,s3`).
+  crossed   connector x recipe (issue 14): `sma` and `llava`, each with the demo's curriculum (s1 4 / s2 3 / s3 2)
+            and with RRG24's (align 4 / lora 5). `related` confounds the two (sma with ours, llava with theirs);
+            this suite says whether the side is lost in the connector or in the training recipe.
 
     python -m bench.phantom_suite related --out bench/results/related_systems.json
     python -m bench.phantom_suite ablations --out bench/results/ablations.json [--epoch-scale 0.5]
@@ -53,6 +56,9 @@ SUITES = {
     "table4": {name: ({"connector": name}, DEMO_STAGES)
                for name in ("mlp", "qformer", "sma_msa", "sma_unshared", "sma")},
 }
+LLAVA = {"connector": "llava", "image_position_embedding": "none"}
+SUITES["crossed"] = {"sma+demo": ({}, DEMO_STAGES), "sma+rrg24": ({}, RRG24_STAGES),
+                     "llava+demo": (LLAVA, DEMO_STAGES), "llava+rrg24": (LLAVA, RRG24_STAGES)}
 # both ablation tables in one run: Table 4's `sma` row is Table 3's `s1,s2,s3` row (same connector and curriculum)
 SUITES["ablations"] = {**{f"curriculum {k}": v for k, v in SUITES["table3"].items()},
                        **{f"connector {k}": v for k, v in SUITES["table4"].items() if k != "sma"}}
