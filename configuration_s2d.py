@@ -74,6 +74,17 @@ class S2DAlignConfig(PreTrainedConfig):
             `modeling_s2d.anatomical_bias_maps`.
         anatomical_bias_scale: the bias where the smoothed mask is largest (it is 0 where it is smallest), in logit
             units; 1.0 as in UDEM's code, whose maps lie in [0, 1].
+        memory_spatial_prior: `none` (default, the paper's SMA: each memory query may attend anywhere) or `grid`
+            (ours, not from the paper; `sma` only): the image adapter's `N_mem` queries are laid on a grid over the
+            patch grid (`modeling_s2d.memory_grid_shape`, e.g. 4 x 8 for 32 queries, 8 x 8 for 64) and query `i`'s
+            cross-attention logits get the fixed log-Gaussian prior `-d^2 / (2 sigma^2)` of the distance from cell
+            `i`'s centre to each patch centre, in units of a cell (`modeling_s2d.memory_grid_prior`), in every view.
+            The queries still choose by content within and around their cell, the memory bank stays shared, the text
+            adapters are untouched, no parameter is added; what changes is that the `i`-th image token always
+            describes the same region, as the all-patch `llava` prefix does. Measured on the phantom set (issue 14):
+            the side is lost between the memory adapter and a small LLM, not in the encoder or the recipe.
+        memory_spatial_prior_sigma: `sigma` of that prior in cell widths (1.0: a query's weight falls to e^-1/2 at
+            its neighbours' centres).
     """
 
     model_type = "s2d_align"
@@ -133,6 +144,8 @@ class S2DAlignConfig(PreTrainedConfig):
     section: Literal["findings", "impression"] = "findings"
     anatomical_bias: Literal["none", "masks"] = "none"
     anatomical_bias_scale: float = 1.0
+    memory_spatial_prior: Literal["none", "grid"] = "none"
+    memory_spatial_prior_sigma: float = 1.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -159,6 +172,13 @@ class S2DAlignConfig(PreTrainedConfig):
         if self.anatomical_bias == "masks" and self.connector not in ("sma", "llava"):
             raise ValueError("anatomical_bias='masks' acts on attention over image patches: the `llava` connector's "
                              f"LLM attention or the `sma` adapter's cross-attention, not connector={self.connector!r}")
+        if self.memory_spatial_prior not in ("none", "grid"):
+            raise ValueError(f"memory_spatial_prior must be 'none' or 'grid', got {self.memory_spatial_prior!r}")
+        if self.memory_spatial_prior == "grid" and self.connector != "sma":
+            raise ValueError("memory_spatial_prior='grid' lays the shared memory queries of the `sma` image adapter on "
+                             f"the patch grid; connector={self.connector!r} has no such queries")
+        if self.memory_spatial_prior_sigma <= 0:
+            raise ValueError(f"memory_spatial_prior_sigma must be > 0, got {self.memory_spatial_prior_sigma}")
         if self.section not in ("findings", "impression"):
             raise ValueError(f"section must be 'findings' or 'impression', got {self.section!r}")
 

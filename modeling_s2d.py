@@ -89,6 +89,28 @@ def sincos_2d_position_embedding(rows: int, columns: int, width: int) -> torch.T
     return torch.cat([code(row.reshape(-1)), code(column.reshape(-1))], dim=-1)
 
 
+def memory_grid_shape(num_queries: int) -> tuple[int, int]:
+    """(rows, columns) of the grid that `memory_spatial_prior: grid` lays `num_queries` queries on: the most square
+    factorisation with at least as many columns as rows (left / right, a report's first question, gets the finer
+    resolution): 64 -> (8, 8), 32 -> (4, 8), 16 -> (4, 4), 8 -> (2, 4)."""
+    rows = max(r for r in range(1, int(num_queries ** 0.5) + 1) if num_queries % r == 0)
+    return rows, num_queries // rows
+
+
+def memory_grid_prior(num_queries: int, grid: int, sigma: float) -> torch.Tensor:
+    """Log-Gaussian prior (num_queries, grid * grid) of query `i` over the patches of one view (row-major, as a
+    ViT's patch sequence): `-((dy / (sigma * h))^2 + (dx / (sigma * w))^2) / 2`, with `(dy, dx)` from the centre of
+    the query's cell to the patch centre and `(h, w)` a cell's height and width, all in image fractions."""
+    rows, columns = memory_grid_shape(num_queries)
+    cell = torch.arange(num_queries)
+    query_y = ((cell // columns).double() + 0.5) / rows  # (N,)
+    query_x = ((cell % columns).double() + 0.5) / columns
+    patch = torch.arange(grid).double().add(0.5).div(grid)  # (G,)
+    dy = (query_y[:, None] - patch[None]) * rows / sigma  # (N, G), in sigma units
+    dx = (query_x[:, None] - patch[None]) * columns / sigma
+    return (-0.5 * (dy[:, :, None] ** 2 + dx[:, None, :] ** 2)).reshape(num_queries, grid * grid).float()
+
+
 # -- anatomical attention bias (config `anatomical_bias: masks`) -----------------------------------------------------
 def gaussian_smoothing_matrix(size: int, sigma: float, truncate: float = 3.0) -> torch.Tensor:
     """(size, size) float64 matrix `G` such that `G @ x` is the 1-D Gaussian smoothing of `x`: weights
@@ -225,7 +247,8 @@ class S2DMemoryAdapter(nn.Module):
     def forward(self, features: torch.Tensor, valid: torch.Tensor, memory: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
         """features: (B, L, feature_dim); valid: (B, L) bool; memory: (B, N_mem, d_v) shared queries or None;
-        bias: (B, L) added to the cross-attention logits of every query and head (`sma` only; the anatomical bias)."""
+        bias: (B, L) added to the cross-attention logits of every query and head, or (B, N_mem, L) per query (`sma`
+        only: the anatomical bias, the memory grid prior)."""
         features = self.input_proj(features.to(self.mlp[0].weight.dtype))
         if self.memory_bank is not None:
             memory = self.memory_bank(features.shape[0])
@@ -235,8 +258,9 @@ class S2DMemoryAdapter(nn.Module):
             padding, attn_mask = ~valid, None
             if bias is not None:  # (B * heads, N_mem, L) float, the layout nn.MultiheadAttention takes; the padding
                 heads = self.attention.num_heads  # goes in too (it refuses a bool and a float mask together)
-                bias = bias.to(features.dtype).masked_fill(padding, torch.finfo(features.dtype).min)
-                attn_mask = bias[:, None, None, :].expand(-1, heads, memory.shape[1], -1)
+                bias = bias if bias.ndim == 3 else bias[:, None]  # (B, 1 or N_mem, L)
+                bias = bias.to(features.dtype).masked_fill(padding[:, None], torch.finfo(features.dtype).min)
+                attn_mask = bias[:, None].expand(-1, heads, memory.shape[1], -1)
                 padding, attn_mask = None, attn_mask.reshape(-1, memory.shape[1], bias.shape[-1])
             hidden, weights = self.attention(memory, features, features, key_padding_mask=padding, attn_mask=attn_mask,
                                              need_weights=self.output_attentions, average_attn_weights=False)
@@ -358,6 +382,13 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
                              f"(image_size {vision.image_size}, patch_size {vision.patch_size}), got {patches} patches")
         return sincos_2d_position_embedding(side, side, vision.hidden_size)
 
+    def memory_grid_bias(self, patches: int) -> torch.Tensor:
+        """`memory_grid_prior` (N_mem, patches) of this model's patch grid (config `memory_spatial_prior: grid`)."""
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        if side * side != patches:
+            raise ValueError(f"memory_spatial_prior='grid' expects a {side}x{side} patch grid, got {patches} patches")
+        return memory_grid_prior(self.config.num_memory_queries, side, self.config.memory_spatial_prior_sigma)
+
     # -- context ----------------------------------------------------------------------------------------------------
     def get_context_embeddings(
         self,
@@ -393,6 +424,9 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
             if self.config.anatomical_bias == "masks" and self.config.connector == "sma":
                 maps = self.anatomical_maps(anatomy_masks, views, 1)  # (B, V, 1, P)
                 bias = maps[:, :, 0].reshape(batch, views * patches).to(tokens.device)
+            if self.config.memory_spatial_prior == "grid":  # the same cell in every view: (B, N_mem, V * P)
+                prior = self.memory_grid_bias(patches).to(tokens).repeat(1, views).expand(batch, -1, -1)
+                bias = prior if bias is None else bias[:, None] + prior
             contexts["image"] = self.connector("image", tokens.reshape(batch, views * patches, width), valid, bias)
         text_inputs = {"reference": (reference_input_ids, reference_attention_mask, reference_features),
                        "keyphrases": (keyphrase_input_ids, keyphrase_attention_mask, keyphrase_features)}

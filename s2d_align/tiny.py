@@ -89,9 +89,10 @@ def tiny_config(tokenizer, *, image_size: int = 64, patch_size: int = 8, vision_
                 vision_layers: int = 2, llm_width: int = 128, llm_layers: int = 2, num_memory_queries: int = 8,
                 text_encoder: str = "tiny", connector: str = "sma", max_views: int = 2,
                 image_position_embedding: str = "none", multiview: str = "concat", anatomical_bias: str = "none",
-                anatomical_bias_scale: float = 1.0) -> S2DAlignConfig:
+                anatomical_bias_scale: float = 1.0, **options) -> S2DAlignConfig:
     """A small S2D-Align config. `text_encoder` is "tiny" (random 2-layer BERT, MiniLM's vocabulary) or
-    "minilm" (the pretrained MiniLM-L6 architecture: load its weights with `load_minilm_weights`)."""
+    "minilm" (the pretrained MiniLM-L6 architecture: load its weights with `load_minilm_weights`). `options`: any
+    other `S2DAlignConfig` field (e.g. `memory_spatial_prior`)."""
     if text_encoder == "minilm":
         text_encoder_config = json.loads((minilm_path() / "config.json").read_text())
     else:
@@ -111,7 +112,7 @@ def tiny_config(tokenizer, *, image_size: int = 64, patch_size: int = 8, vision_
         image_position_embedding=image_position_embedding, multiview=multiview, anatomical_bias=anatomical_bias,
         anatomical_bias_scale=anatomical_bias_scale, image_token_id=ids[0], reference_token_id=ids[1], keyphrase_token_id=ids[2],
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id)
+        eos_token_id=tokenizer.eos_token_id, **options)
 
 
 def load_minilm_weights(model: S2DAlignForConditionalGeneration) -> None:

@@ -180,9 +180,9 @@ def build_standin_base(base_dir: Path, data_dir: Path, config: DemoConfig, model
     model, processor = build_tiny(
         texts, vocab_size=config.vocab_size, seed=config.seed, image_size=config.image_size,
         patch_size=config.patch_size, vision_width=config.vision_width, vision_layers=config.vision_layers,
-        llm_width=config.llm_width, llm_layers=config.llm_layers, num_memory_queries=config.num_memory_queries,
-        text_encoder="minilm", max_views=1,
-        **{"image_position_embedding": config.image_position_embedding, **(model_overrides or {})})
+        llm_width=config.llm_width, llm_layers=config.llm_layers, text_encoder="minilm", max_views=1,
+        **{"num_memory_queries": config.num_memory_queries, "image_position_embedding": config.image_position_embedding,
+           **(model_overrides or {})})
     from .standins import load_bundled_standins, standin_recipe, write_standin_bundle
 
     recipe = standin_recipe({k: getattr(config, k) for k in STANDIN_FIELDS}, data_dir, processor.tokenizer)
