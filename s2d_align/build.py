@@ -177,6 +177,12 @@ def register(subparsers) -> None:
                              "`s2d prepare --anatomy-masks DIR`")
     parser.add_argument("--anatomical-bias-scale", type=float, default=1.0,
                         help="the bias at the mask's smoothed maximum, in logits (default 1.0, UDEM's)")
+    parser.add_argument("--memory-spatial-prior", choices=["none", "grid"], default="none",
+                        help="grid (ours, not the paper's; sma only): the image adapter's memory queries laid on a grid "
+                             "over the patches, a fixed log-Gaussian prior on its cross-attention (issue 14: the side of "
+                             "a finding survives the adapter); none: the paper's SMA")
+    parser.add_argument("--memory-spatial-prior-sigma", type=float, default=1.0,
+                        help="the prior's width in grid cells (default 1.0)")
     parser.set_defaults(func=_run)
 
 
@@ -185,6 +191,7 @@ def _run(args) -> int:
         vision=args.vision, text_encoder=args.text_encoder, llm=args.llm, out_dir=args.out,
         dtype=getattr(torch, args.dtype) if args.dtype else None, num_memory_queries=args.num_memory_queries,
         connector=args.connector, max_views=args.max_views, multiview=args.multiview,
-        anatomical_bias=args.anatomical_bias, anatomical_bias_scale=args.anatomical_bias_scale)
+        anatomical_bias=args.anatomical_bias, anatomical_bias_scale=args.anatomical_bias_scale,
+        memory_spatial_prior=args.memory_spatial_prior, memory_spatial_prior_sigma=args.memory_spatial_prior_sigma)
     print(f"wrote {out}")
     return 0

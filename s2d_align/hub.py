@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from string import Template
 
+from modeling_s2d import memory_grid_shape
+
 REMOTE_CODE = ("configuration_s2d.py", "modeling_s2d.py", "processing_s2d.py")
 # What a model repo holds, as glob patterns relative to the folder (`Path.glob`: `*` stays within one folder level,
 # unlike the fnmatch patterns of `upload_folder`, where `*.safetensors` would also take `adapter/*.safetensors`).
@@ -199,7 +201,10 @@ def render_model_card(model_dir: Path, repo_id: str) -> str:
                                        "BERT, width %d" % config["text_encoder_config"]["hidden_size"]),
         "llm": components.get("llm", "Llama, width %d, %d layers" % (config["text_config"]["hidden_size"],
                                                                     config["text_config"]["num_hidden_layers"])),
-        "connector": config["connector"],
+        "connector": config["connector"] + (
+            " (memory queries on a %d x %d grid over the patches, prior sigma %g cells: `memory_spatial_prior: grid`, "
+            "ours)" % (*memory_grid_shape(config["num_memory_queries"]), config.get("memory_spatial_prior_sigma", 1.0))
+            if config.get("memory_spatial_prior") == "grid" else ""),
         "num_memory_queries": config["num_memory_queries"],
         "adapter_heads": config["adapter_num_heads"],
         "mlp_depth": config["adapter_mlp_depth"],

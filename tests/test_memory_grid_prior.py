@@ -111,3 +111,18 @@ def test_config_refuses_the_prior_where_there_are_no_memory_queries():
         build_tiny(REPORTS, vocab_size=256, memory_spatial_prior="learned")
     assert S2DAlignConfig().memory_spatial_prior == "none"  # the paper's SMA stays the default
     assert math.isclose(S2DAlignConfig().memory_spatial_prior_sigma, 1.0)
+
+
+def test_model_card_states_the_grid(tmp_path):
+    """A folder with the prior says so in its card (a user of the Hub model must know its connector is not the
+    paper's), and a save / load round trip keeps it."""
+    from modeling_s2d import S2DAlignForConditionalGeneration
+    from s2d_align.hub import render_model_card
+
+    _, grid, processor = _pair(memory_spatial_prior_sigma=0.75)
+    grid.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    card = render_model_card(tmp_path, "someone/tiny-grid")
+    assert "memory queries on a 4 x 4 grid over the patches, prior sigma 0.75 cells" in card
+    loaded = S2DAlignForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.memory_spatial_prior == "grid" and loaded.config.memory_spatial_prior_sigma == 0.75
