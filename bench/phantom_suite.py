@@ -72,12 +72,16 @@ STAGE_LR = {"s1": 3e-3, "align": 3e-3, "joint": 1e-3, "s2": 1e-3, "lora": 1e-3, 
 ATTENTION_STUDIES = 48
 
 
-def train_system(name: str, overrides: dict, stages: list, data_dir: str, work: str, scale: float) -> str:
-    """Base (committed stand-ins + this system's connector) -> its stages in order; returns the final folder."""
+def train_system(name: str, overrides: dict, stages: list, data_dir: str, work: str, scale: float,
+                 train_seed: int | None = None) -> str:
+    """Base (committed stand-ins + this system's connector) -> its stages in order; returns the final folder.
+    `train_seed`: the seed of the stages (data order, dropout draws, LoRA init) when not the demo's; the stand-ins and
+    the connector's initialisation keep the demo's seed (the committed stand-ins are made with it)."""
     from s2d_align.training.run import run_stage
 
     config = DemoConfig()
-    root = Path(work) / name.replace(",", "_").replace("+", "_")
+    seed = config.seed if train_seed is None else train_seed
+    root = Path(work) / (name.replace(",", "_").replace("+", "_") + ("" if seed == config.seed else f" seed {seed}"))
     last = root / stages[-1][0]
     if (last / "config.json").is_file() and (root / "stages.json").is_file() and \
             json.loads((root / "stages.json").read_text()) == [[s, share * scale] for s, share in stages]:
@@ -89,7 +93,7 @@ def train_system(name: str, overrides: dict, stages: list, data_dir: str, work: 
         current = run_stage(current, data_dir, str(root / stage), stage,
                             num_train_epochs=round(sum(config.stage_epochs.values()) * share * scale, 3),
                             learning_rate=STAGE_LR[stage], per_device_train_batch_size=config.batch_size,
-                            seed=config.seed, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                            seed=seed, use_cpu=True, bf16=False, gradient_checkpointing=False,
                             activation_checkpointing=False, save_strategy="no", logging_steps=10, disable_tqdm=True,
                             modality_dropout=dropout)
     (root / "stages.json").write_text(json.dumps([[s, share * scale] for s, share in stages]))
@@ -195,6 +199,8 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="out/bench/phantom_suite", help="phantom data and trained models")
     parser.add_argument("--systems", default=None, help="a subset of the suite's systems, separated by |")
     parser.add_argument("--epoch-scale", type=float, default=1.0, help="every run's epochs times this (same for all)")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of the training stages (default: the demo's); stand-ins and connector init keep it")
     args = parser.parse_args(argv)
     from s2d_align.data.phantom import generate_phantom
 
@@ -209,14 +215,15 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown systems {unknown} for suite {args.suite}: {list(systems)}")
     finals = run_side_by_side([(train_system, name, *systems[name], str(data_dir), str(work / args.suite),
-                                args.epoch_scale) for name in names], parallel=True)
+                                args.epoch_scale, args.train_seed) for name in names], parallel=True)
     trained = time.perf_counter() - start
     results = {name: {"stages": [[s, round(9 * share * args.epoch_scale, 3)] for s, share in systems[name][1]],
                       "overrides": systems[name][0], **evaluate_system(final, str(data_dir))}
                for name, final in zip(names, finals)}
     summary = {"suite": args.suite, "date": time.strftime("%Y-%m-%d"), "environment": environment(),
                "demo_config": asdict(config), "epoch_scale": args.epoch_scale,
-               "budget": f"{9 * args.epoch_scale:g} epochs per system, batch {config.batch_size}, seed {config.seed}",
+               "budget": f"{9 * args.epoch_scale:g} epochs per system, batch {config.batch_size}, seed "
+                         f"{config.seed if args.train_seed is None else args.train_seed}",
                "seconds": {"train": round(trained, 1), "total": round(time.perf_counter() - start, 1)},
                "systems": results}
     out = Path(args.out)
