@@ -172,8 +172,6 @@ class S2DAlignConfig(PreTrainedConfig):
         if self.anatomical_bias == "masks" and self.connector not in ("sma", "llava"):
             raise ValueError("anatomical_bias='masks' acts on attention over image patches: the `llava` connector's "
                              f"LLM attention or the `sma` adapter's cross-attention, not connector={self.connector!r}")
-        if self.memory_spatial_prior not in ("none", "grid"):
-            raise ValueError(f"memory_spatial_prior must be 'none' or 'grid', got {self.memory_spatial_prior!r}")
         if self.memory_spatial_prior == "grid" and self.connector != "sma":
             raise ValueError("memory_spatial_prior='grid' lays the shared memory queries of the `sma` image adapter on "
                              f"the patch grid; connector={self.connector!r} has no such queries")

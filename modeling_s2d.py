@@ -375,19 +375,22 @@ class S2DAlignModel(S2DAlignPreTrainedModel):
 
     def patch_position_code(self, patches: int) -> torch.Tensor:
         """The `sincos2d` code (patches, d_v) of the encoder's patch grid (config `image_position_embedding`)."""
-        vision = self.config.vision_config
-        side = vision.image_size // vision.patch_size
-        if side * side != patches:
-            raise ValueError(f"image_position_embedding='sincos2d' expects a {side}x{side} patch grid "
-                             f"(image_size {vision.image_size}, patch_size {vision.patch_size}), got {patches} patches")
-        return sincos_2d_position_embedding(side, side, vision.hidden_size)
+        side = self._patch_grid_side(patches, "image_position_embedding='sincos2d'")
+        return sincos_2d_position_embedding(side, side, self.config.vision_config.hidden_size)
 
     def memory_grid_bias(self, patches: int) -> torch.Tensor:
         """`memory_grid_prior` (N_mem, patches) of this model's patch grid (config `memory_spatial_prior: grid`)."""
-        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
-        if side * side != patches:
-            raise ValueError(f"memory_spatial_prior='grid' expects a {side}x{side} patch grid, got {patches} patches")
+        side = self._patch_grid_side(patches, "memory_spatial_prior='grid'")
         return memory_grid_prior(self.config.num_memory_queries, side, self.config.memory_spatial_prior_sigma)
+
+    def _patch_grid_side(self, patches: int, option: str) -> int:
+        """The encoder's square patch grid side; a clear error when `patches` tokens are not that grid."""
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        if side * side != patches:
+            raise ValueError(f"{option} expects a {side}x{side} patch grid (image_size {vision.image_size}, "
+                             f"patch_size {vision.patch_size}), got {patches} patches")
+        return side
 
     # -- context ----------------------------------------------------------------------------------------------------
     def get_context_embeddings(
