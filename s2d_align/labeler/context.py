@@ -50,8 +50,9 @@ _PRE_UNC_FWD = _cues(
 )
 _PRE_UNC_BWD = _cues(
     r"\b(?:cannot|can ?not|could not|can't|may not|not) " + _EXCLUDED,
-    r"\b(?:not (?:well|clearly|as well)|poorly|incompletely)[ -](?:seen|visualized|evaluated|assessed|"
-    r"demonstrated)\b",
+    # "not definitely seen" is one more of these (ours: CheXpert lists "not clearly seen", "not well visualized")
+    r"\b(?:not (?:well|clearly|as well|definitely|definitively)|poorly|incompletely)[ -](?:seen|visualized|evaluated|"
+    r"assessed|demonstrated)\b",
     # "fractures may not be demonstrated": CheXpert's "XXX is not clearly seen" family
     r"\b(?:may|might|could|would) not be (?:\w+ )?(?:seen|visualized|demonstrated|visible|apparent|detected)\b",
     r"\bobscur(?:ed|es|ing)\b",
@@ -76,7 +77,8 @@ _NEG_BWD = _cues(
     # not the mention (CheXpert's "normal" patterns need it to be the mention's amod or predicate);
     # "within normal limits" is the predicate
     r"\b(?<!\bwithin )(?<!\bin )(?:normal|unremarkable)\b|\bwithin normal (?:limits|range)\b|\bwnl\b",
-    r"\bnot (?:\w+ )?(?:enlarged|seen|identified|present|evident|visualized|visible|demonstrated|"
+    # "not widened" is CheXpert's "XXX is not enlarged" said of the mediastinum
+    r"\bnot (?:\w+ )?(?:enlarged|widened|seen|identified|present|evident|visualized|visible|demonstrated|"
     r"noted|detected|shown)\b",
     _NOT_NEARLY + r"\b(?:resolved|cleared)\b",
     r"\b(?:removed|absent)\b",
@@ -207,6 +209,62 @@ def _forward_ok(window: str) -> bool:
     return not (_THERE_IS.search(window) or _FINISHED_CLAUSE.search(window))
 
 
+def _pre_forward_ok(window: str) -> bool:
+    """A pre-negation uncertainty cue ("no new", "cannot exclude") stops at a fresh negation: in "no new nodules,
+    and no effusion or edema" the second "no" governs what follows it (CheXpert's "no new XXX" patterns need "new"
+    and "no" on XXX itself; the effusion has its own "no")."""
+    return _forward_ok(window) and not re.search(r"\b(?:no|without|nor)\b", window)
+
+
+# A finding explained away after its noun by something that is no finding (a projection or overlap artifact, a
+# normal structure): "nodular opacity ... could represent a nipple shadow", "opacity ... may be due to overlapping
+# soft tissue", "nodular density ..., which could represent overlapping shadows", "density ... XXXX secondary to
+# soft tissue overlay". CheXpert's patterns doubt the object of "may represent / may be due to / secondary to" and
+# the subject of a relative "which may represent" (acl:relcl); they keep the subject of a main-clause "X may
+# represent Y" positive ("Opacity may represent atelectasis": the opacity is there whatever it is). Ours doubts
+# that subject too, but only when what explains it is no finding at all, for then the finding itself is in
+# doubt. Hedged (or "secondary to", uncertain in CheXpert): uncertain; stated ("represents superimposed bony and
+# vascular structures"): no finding, no label.
+_EXPLAINS = re.compile(
+    r"\b(?:(?P<hedge>may|might|could|can|possibly|probably|likely|presumably)\s+)?(?:be\s+|are\s+|is\s+)?"
+    r"(?P<verb>represent(?:s|ing)?|reflect(?:s|ing)?|(?:due|related|attributable) to|(?P<secondary>secondary to)|"
+    r"caused by|correspond(?:s|ing)? to)\b")
+_NO_FINDING_CAUSE = re.compile(
+    r"\b(?:nipples?|soft[- ]tissues?|overlap\w*|overly\w* (?:soft|bon|rib|osseous|vascular|vessel|breast)\w*|"
+    r"superimposition|superimposed (?:\w+ ){0,3}?(?:structures?|shadows?|tissues?|bon[ey]s?|bony|osseous|vessels?|"
+    r"vascular|ribs?|breasts?|nipples?|fat|xxxx)\b|summation|artifact\w*|skin ?folds?|breast tissue|"
+    r"(?:bony|osseous|vascular) (?:structures?|shadows?))")
+# the clause for this rule: "which" starts CheXpert's relative clause here, not a new clause
+_EXPLAIN_END = re.compile(r"[;:]|\b(?:but|however|although|though|whereas|except|aside from|apart from|while)\b")
+
+
+def _explained_away(c: "_Context") -> int | None:
+    """UNCERTAIN or None (no finding) when the mention is explained away after its noun, else POSITIVE."""
+    end = _EXPLAIN_END.search(c.s, c.end)
+    post = c.s[c.end:end.start() if end else len(c.s)]
+    for m in _EXPLAINS.finditer(post):
+        if len(post[:m.start()].split()) > 15:
+            break
+        tail = post[m.end():]
+        cause = _NO_FINDING_CAUSE.search(tail)
+        if not cause or len(tail[:cause.start()].split()) > 3:
+            continue
+        # a finding offered as the explanation or its alternative ("superimposed structures or early infiltrate")
+        # leaves CheXpert's reading: something is there
+        if any(c.end + m.end() <= a and o != "No Finding" for a, _, o in c.others):
+            return POSITIVE
+        # IU's masking: a lone XXXX right before the verb is mostly "likely" ("most XXXX represents a skinfold",
+        # "is XXXX due to"); a run of them is a masked phrase ("on PA XXXX XXXX represents": "PA and lateral")
+        words = post[:m.start()].split()[-4:]
+        lone_mask = any(w == "xxxx" and words[i - 1:i] != ["xxxx"] and words[i + 1:i + 2] != ["xxxx"]
+                        for i, w in enumerate(words) if i >= len(words) - 3)
+        hedged = m.group("hedge") or m.group("secondary") or lone_mask or re.search(
+            r"\b(?:may|might|could|possibl[ey]|probabl[ey]|likely|presumabl[ey]|questionabl[ey])\b",
+            " ".join(words[-3:]))
+        return UNCERTAIN if hedged else None
+    return POSITIVE
+
+
 def _near_forward_ok(window: str, max_words: int = 5) -> bool:
     """An adjective-like cue ("normal", "or") reaches only the noun phrase right after it."""
     # "normal heart size, mediastinum" is a list; "heart size normal, small effusion" is not
@@ -247,12 +305,15 @@ def mention_status(sentence: str, start: int, end: int, others=(), observation: 
     masked XXXX words (see the last rule below).
     """
     c = _Context(sentence, start, end, others, observation)
-    if c.forward(_PRE_UNC_FWD, _forward_ok) or c.backward(_PRE_UNC_BWD, _backward_ok):
+    if c.forward(_PRE_UNC_FWD, _pre_forward_ok) or c.backward(_PRE_UNC_BWD, _backward_ok):
         return UNCERTAIN
     neutral = bool(_CARDIO_WORDS.search(sentence[start:end]))
     if (c.forward(_NEG_FWD, _forward_ok) or c.forward(_NEG_NEAR_FWD, _near_forward_ok, adjective=True)
             or c.backward(_NEG_BWD, lambda w: _backward_ok(w, neutral=neutral))):
         return NEGATIVE
+    explained = _explained_away(c)
+    if explained != POSITIVE:
+        return explained
     if (_ALWAYS_UNCERTAIN.search(sentence[start:end]) or c.forward(_UNC_FWD, _forward_ok)
             or c.forward(_UNC_NEAR_FWD, _near_forward_ok, near=True)
             or c.backward(_UNC_BWD, _backward_ok)

@@ -40,8 +40,15 @@ EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {
                      r"\bcardiac(?= and mediastinal)"),
     # a mediastinal mass widens the mediastinal contour (it is no lung lesion: see the unmentions)
     "Enlarged Cardiomediastinum": (r"mediastinal widening", r"\bwide(?:ned)? mediastin\w*", r"mediastinal mass"),
-    # "interstitial prominence" is CheXpert's "interstitial marking" said another way
-    "Lung Opacity": (r"\binterstitial prominence", r"\bprominen\w* (?:of the )?interstiti"),
+    # "interstitial prominence" is CheXpert's "interstitial marking" said another way; "reticulonodular" its
+    # "reticular pattern" with nodules in it; "airspace process" its "airspace disease"; "streakiness" a streaky
+    # opacity
+    "Lung Opacity": (r"\binterstitial prominence", r"\bprominen\w* (?:of the )?interstiti", r"reticulonodular",
+                     r"\bair[- ]?space process", r"\bstreakiness\b"),
+    # "nodular-like opacity" is CheXpert's "nodular opacity"
+    "Lung Lesion": (r"\bnodular[- ]like (?:opacit|densit)",),
+    # "congestive cardiac failure" is CheXpert's "heart failure" (aggregate() gives it the CHF rule too)
+    "Edema": (r"\bcardiac failure",),
     # fissural thickening and pleural-parenchymal scarring are pleural
     "Pleural Other": (r"thicken\w* (?:of |in |along )?the (?:\w+ )?fissure", r"fissural thickening",
                       r"pleural-parenchymal", r"pleuroparenchymal"),
@@ -56,7 +63,10 @@ EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {
     "No Finding": (r"tortuo", r"ectasia", r"ectatic", r"arthriti", r"spondylosis", r"foreign body",
                    r"sternotomy", r"post-?surgical", r"post-?operative", r"hyperexpanded",
                    r"aneurysm", r"densities", r"metasta", r"cavit", r"sarcoid", r"osteophyt",
-                   r"osteochondroma", r"\b(?:lung|pulmonary) disease", r"\binjur", r"shrapnel"),
+                   r"osteochondroma", r"\b(?:lung|pulmonary) disease", r"\binjur", r"shrapnel",
+                   # a lesion of unnamed kind and a malignancy are findings, though not CheXpert's Lung Lesion
+                   # (its list has "cavitary lesion", "mass", "nodule", "neoplasm", not these)
+                   r"\blesions?\b", r"malignan"),
 }
 # Regexes, matched like the mentions; a mention overlapping one is dropped.
 EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
@@ -64,7 +74,10 @@ EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
     # Kerley "lines", breast implants; a calcified native valve is no device
     "Support Devices": (r"tubercul", r"platelike", r"plate-like", r"plate like", r"kerley b lines",
                         r"septal lines", r"\bb-lines", r"breast prosthe", r"endplate",
-                        r"calcifi\w* (?:\w+ ){0,5}valve", r"valve calcifi\w*", r"\bclipped\b"),
+                        r"calcifi\w* (?:\w+ ){0,5}valve", r"valve calcifi\w*", r"\bclipped\b",
+                        # CheXpert's list has "marker": a nipple or skin marker is taped on for the picture,
+                        # no support device
+                        r"\b(?:nipple|skin|bb) markers?"),
     # a rib's "contour" is bone, not the cardiomediastinal contour; a ventricle's is the heart's
     "Enlarged Cardiomediastinum": (r"rib contour", r"contour irregularit", r"contour deformit",
                                    r"ventricular contour",
@@ -72,8 +85,13 @@ EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
                                    # named: they locate another finding
                                    r"in the (?:anterior|posterior|middle|superior|inferior) mediastinum"),
     # "lump" inside "lumpectomy" (breast surgery); a calcified nodule is a granuloma (the original
-    # unmentions "calcified nodul"; "calcific density nodules" says the same)
-    "Lung Lesion": (r"lumpectomy", r"calcific\w* (?:\w+ ){0,2}nodul", r"mediastinal mass"),
+    # unmentions "calcified nodul", the words adjacent; "calcified pulmonary nodules" and "calcific density
+    # nodules" say the same). Not across a list: "calcifications and dense nodule" are two things. ("non-calcified"
+    # is kept by _matches: a "non" right before an unmention undoes it.)
+    "Lung Lesion": (r"lumpectomy", r"calcifi\w* (?:(?!and |or |with )\w+ ){0,2}nodul", r"mediastinal mass"),
+    # a pleural-parenchymal scar is Pleural Other (the original unmentions "pleural scar" here); a mass
+    # "increased in opacity" got denser: said of the mass, no lung opacity
+    "Lung Opacity": (r"pleural-parenchymal (?:[\w-]+ ){0,4}scar\w*", r"(?:increased|decreased) in (?:opacity|density)"),
     # a healed, prior infection is no pneumonia
     "Pneumonia": (r"granulomatous infection", r"(?:prior|old|previous|remote|healed|histoplasm\w*) (?:\w+ ){0,2}infection"),
     # "along the right heart border" locates an opacity; the heart's valve or rate is not its size
@@ -82,8 +100,6 @@ EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
                      r"(?:superior|inferior|anterior|posterior|lateral|adjacent) to the heart", r"behind the heart"),
     # cystic fibrosis is a lung disease, not pleural
     "Pleural Other": (r"cystic fibrosis",),
-    # a pleural-parenchymal scar is Pleural Other (the original unmentions "pleural scar" here)
-    "Lung Opacity": (r"pleural-parenchymal (?:[\w-]+ ){0,4}scar\w*",),
     # a knee or other joint effusion is not pleural
     "Pleural Effusion": (r"joint effusion",),
     # a broken screw or sternotomy wire is the hardware's fracture, not a bone's

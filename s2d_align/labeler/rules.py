@@ -94,7 +94,10 @@ def _matches(probe: str, patterns, unmention_patterns) -> list[tuple[int, int]]:
                 end += 1
             if end > start:
                 spans.append((m.start(), m.end(), start - 1, end - 1))
-    unmentions = [m.span() for _, p in unmention_patterns for m in p.finditer(probe)]
+    # a "non" right before an unmention says the opposite of it: "non-calcified nodules" are nodules (CheXpert's
+    # "calcified nodul" matches inside "non-calcified nodul" and drops them; ours keeps them)
+    unmentions = [m.span() for _, p in unmention_patterns for m in p.finditer(probe)
+                  if not re.search(r"\bnon[- ]?$", probe[max(0, m.start() - 4):m.start()])]
     kept = [(s, e) for ms, me, s, e in spans
             if not any(ms < u_end and me > u_start for u_start, u_end in unmentions)]
     return _drop_nested(kept)
@@ -152,7 +155,7 @@ def _resolve(statuses: list[int]) -> int:
 
 def aggregate(mentions: list[Mention]) -> dict[str, int | None]:
     """chexpert-labeler ``Aggregator.aggregate``: per-observation resolution; a positive or
-    uncertain "chf"/"heart failure" also makes Cardiomegaly uncertain; "No Finding" is 1 when no
+    uncertain "chf"/"heart failure" (or "cardiac failure") also makes Cardiomegaly uncertain; "No Finding" is 1 when no
     mention other than Support Devices is positive or uncertain, else None (never 0)."""
     found: dict[str, list[int]] = {}
     no_finding = True
@@ -162,7 +165,8 @@ def aggregate(mentions: list[Mention]) -> dict[str, int | None]:
         if m.observation == NO_FINDING:
             continue
         found.setdefault(m.observation, []).append(m.status)
-        if m.status != NEGATIVE and m.sentence[m.start:m.end].lower() in ("chf", "heart failure"):
+        # "cardiac failure" (our Edema addition) is CheXpert's "heart failure" said another way
+        if m.status != NEGATIVE and m.sentence[m.start:m.end].lower() in ("chf", "heart failure", "cardiac failure"):
             found.setdefault(CARDIOMEGALY, []).append(UNCERTAIN)
     labels: dict[str, int | None] = {obs: (_resolve(found[obs]) if obs in found else None)
                                      for obs in OBSERVATIONS}
