@@ -161,52 +161,52 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_heldout_agreement(hand_rows):
-    """Measured on the held-out part after the rules were frozen (never tuned on it), all four batches: 3927/3976
-    labels (98.8%). Per observation with 10+ labels (non-blank on either side), five miss the issue's 90%: Lung Lesion
-    26/37, Edema 28/32, Lung Opacity 96/108, Enlarged Cardiomediastinum 11/13, Support Devices 17/19 (their floors below
-    are the measured ones: the target is NOT met for them). See s2d_align/metrics/README.md."""
-    agree, total, per = _agreement_table([r for r in hand_rows if r["split"] == "heldout"] + _rows(HAND_BATCH_3)
-                                         + _rows(HAND_BATCH_4))
-    print(f"held-out: {agree}/{total} = {agree / total:.4f}")
-    for obs, (a, n) in per.items():
-        print(f"  {obs:28s} {a}/{n}")
-    assert agree / total >= 0.97
-    measured_below_target = {"Lung Lesion": 26 / 37, "Edema": 28 / 32, "Lung Opacity": 96 / 108,
-                             "Enlarged Cardiomediastinum": 11 / 13, "Support Devices": 17 / 19}
+def _floors(per, floors):
+    """Every observation with 10+ labels at its measured floor (90% where none is named)."""
     for obs, (a, n) in per.items():
         if n >= 10:
-            assert a / n >= measured_below_target.get(obs, 0.90), obs
+            assert a / n >= floors.get(obs, 0.90) - 1e-12, (obs, a, n)
+
+
+def test_heldout_agreement(hand_rows):
+    """The part of batches 1-4 that was held out until round 4 (284 sentences). Measured there once with frozen rules
+    (3927/3976, 98.8%; Lung Lesion 26/37, Edema 28/32, Lung Opacity 96/108, Enlarged Cardiomediastinum 11/13, Support
+    Devices 17/19 below 90%). Since round 5 batches 1-4 are DEVELOPMENT data (the round-5 rules were made on them, and one
+    batch-4 label was corrected): these are dev figures, 3955/3976 (99.5%), floors at the measured values. The held-out
+    measurement of round 5 is batch 5 (test_fifth_batch_agreement). See s2d_align/metrics/README.md."""
+    agree, total, per = _agreement_table([r for r in hand_rows if r["split"] == "heldout"] + _rows(HAND_BATCH_3)
+                                         + _rows(HAND_BATCH_4))
+    print(f"batches 1-4, formerly held-out part (dev since round 5): {agree}/{total} = {agree / total:.4f}")
+    for obs, (a, n) in per.items():
+        print(f"  {obs:28s} {a}/{n}")
+    assert agree >= 3955 and total == 3976
+    _floors(per, {"Lung Lesion": 33 / 36, "Edema": 30 / 32, "Lung Opacity": 101 / 107,
+                  "Enlarged Cardiomediastinum": 12 / 13, "Support Devices": 17 / 18})
 
 
 def test_fourth_batch_agreement():
-    """The fourth batch (Lung Lesion and Edema cells, 42 IU + 22 MIMIC-style sentences, all held out, labelled by hand
-    and committed (b7df576) before the rules, frozen since batch 3, scored it once): 872/896 labels (97.3%), Edema 19/21
-    (90.5%), but Lung Lesion 19/26 (73.1%), Lung Opacity 7/11 (63.6%) and No Finding 18/25 (72.0%) miss 90%: measured
-    floors."""
+    """The fourth batch (Lung Lesion and Edema cells, 42 IU + 22 MIMIC-style sentences, labelled by hand and committed
+    (b7df576) before the rules, frozen since batch 3, scored it once): then 872/896 labels (97.3%), Lung Lesion 19/26.
+    Development data since round 5 (rules made on it; "No new nodules" corrected to Lung Lesion -1): 892/896, Lung Lesion
+    24/25, Edema 21/21, Lung Opacity 9/10, No Finding 18/19 (measured floors)."""
     rows = _rows(HAND_BATCH_4)
-    assert len(rows) == 64 and all(r["split"] == "heldout" for r in rows)
+    assert len(rows) == 64
     agree, total, per = _agreement_table(rows)
-    assert agree / total >= 0.97
+    assert agree >= 892
     assert per["Lung Lesion"][1] >= 25 and per["Edema"][1] >= 20
-    floors = {"Lung Lesion": 19 / 26, "Lung Opacity": 7 / 11, "No Finding": 18 / 25}
-    for obs, (a, n) in per.items():
-        if n >= 10:
-            assert a / n >= floors.get(obs, 0.90), obs
+    _floors(per, {"Lung Lesion": 24 / 25, "Edema": 21 / 21, "Lung Opacity": 9 / 10, "No Finding": 18 / 19})
 
 
 def test_third_batch_agreement():
-    """The third batch (Lung Opacity sentences, all held out, labelled by hand and committed before it was scored,
-    declared beforehand the last measurement of this round): 859/868 labels (99.0%), Lung Opacity 49/52 (94.2%);
-    every observation with 10+ labels at 90% or more."""
+    """The third batch (Lung Opacity sentences, labelled by hand and committed before it was scored, declared beforehand
+    the last measurement of its round): then 859/868 labels (99.0%), Lung Opacity 49/52 (94.2%). Development data since
+    round 5: 862/868, Lung Opacity 51/52 (measured floors)."""
     rows = _rows(HAND_BATCH_3)
-    assert len(rows) == 62 and all(r["split"] == "heldout" for r in rows)
+    assert len(rows) == 62
     agree, total, per = _agreement_table(rows)
-    assert agree / total >= 0.97
+    assert agree >= 862
     assert per["Lung Opacity"][1] >= 50
-    for obs, (a, n) in per.items():
-        if n >= 10:
-            assert a / n >= 0.90, obs
+    _floors(per, {"Lung Opacity": 51 / 52, "Atelectasis": 10 / 11, "Pleural Effusion": 10 / 11})
 
 
 def test_second_batch_was_split_before_labelling_rules():
