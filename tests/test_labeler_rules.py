@@ -209,6 +209,43 @@ def test_third_batch_agreement():
     _floors(per, {"Lung Opacity": 51 / 52, "Atelectasis": 10 / 11, "Pleural Effusion": 10 / 11})
 
 
+HAND_BATCH_5 = Path(__file__).parent / "fixtures" / "labeler_hand_labels_batch5.jsonl"
+
+
+def test_fifth_batch_agreement():
+    """Round 5's held-out measurement: 60 IU + 28 MIMIC-style sentences, labelled by hand and committed (4a84126) before
+    the labeler ran on them, rules frozen at that commit, scored once: 1221/1232 labels (99.1%); Lung Opacity 18/19,
+    Lung Lesion 16/16, Edema 15/15, Cardiomegaly 12/12, Pleural Effusion 12/12, No Finding 36/40 (90.0%), but Enlarged
+    Cardiomediastinum 11/15 (73.3%) and Support Devices 13/15 (86.7%) miss the issue's 90%: their floors are the
+    measured ones (the target is NOT met for them). See s2d_align/metrics/README.md, "Fifth batch"."""
+    rows = _rows(HAND_BATCH_5)
+    assert len(rows) == 88 and all(r["split"] == "heldout" for r in rows)
+    assert sum(r["source"] == "iu_xray" for r in rows) == 60
+    agree, total, per = _agreement_table(rows)
+    assert agree >= 1221 and total == 1232
+    for obs in ("Enlarged Cardiomediastinum", "Lung Opacity", "Lung Lesion", "Edema", "Support Devices", "No Finding"):
+        assert per[obs][1] >= 10, obs
+    _floors(per, {"Enlarged Cardiomediastinum": 11 / 15, "Support Devices": 13 / 15})
+
+
+def test_fifth_batch_is_the_selection_scripts_draw():
+    """The IU part of batch 5 is exactly what `select_hand_label_sentences.py --batch-5` draws (seed 12), none of it in
+    batches 1-4 (one written sentence is, see below)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("select", Path(__file__).parent / "fixtures" / "select_hand_label_sentences.py")
+    select = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(select)
+    earlier = {r["sentence"] for r in _rows(HAND) + _rows(HAND_BATCH_3) + _rows(HAND_BATCH_4)}
+    drawn = select.select_batch_5(select.iu_sentences(), earlier)
+    iu = [r for r in _rows(HAND_BATCH_5) if r["source"] == "iu_xray"]
+    assert [(r["sentence"], r["stratum"]) for r in iu] == [(r["sentence"], r["stratum"]) for r in drawn]
+    # the IU part is disjoint from batches 1-4; one written sentence repeats batch 4 word for word ("Pulmonary edema
+    # has resolved.", same labels): found after scoring, kept (the batch is not changed after scoring), reported
+    assert not earlier & {r["sentence"] for r in iu}
+    assert earlier & {r["sentence"] for r in _rows(HAND_BATCH_5)} == {"Pulmonary edema has resolved."}
+
+
 def test_second_batch_was_split_before_labelling_rules():
     """The Lung Opacity batch: 30% of each stratum held out by the selection script's own seeded split."""
     import importlib.util
