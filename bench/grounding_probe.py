@@ -2,8 +2,8 @@
 
 For a demo output folder (`s2d demo --out DIR`), this measures on the phantom set:
   - probes (multinomial logistic regression, fitted on the training split, accuracy on the held-out test split) of
-    a finding's side (pneumothorax: left/right, effusion: left/right/bilateral, focal opacity: left/right) and of
-    the opacity's level, from
+    a finding's side (pneumothorax: left/right, effusion: left/right/bilateral, focal opacity: left/right), of
+    the opacity's level and of the device's kind, from
       * the frozen image encoder's patch tokens (flattened: every patch keeps its place),
       * the same tokens mean- and max-pooled (what the stand-in's vision pretraining objective reads),
       * the image adapter's output `Z_v` (flattened N_mem x llm_width), after each stage,
@@ -30,6 +30,7 @@ TASKS = {  # task -> (finding, attribute)
     "effusion side": ("effusion", "side"),
     "opacity side": ("opacity", "side"),
     "opacity level": ("opacity", "level"),
+    "device kind": ("device", "kind"),  # ET tube / PICC / NG tube: told apart by where the tube runs and ends
 }
 
 
