@@ -141,6 +141,50 @@ def side_word_accuracy(model, processor, split, key_phrases: bool = False, batch
     return {"correct": correct, "total": total, "accuracy": round(correct / max(total, 1), 3), "words": words}
 
 
+# the phantom's device sentences (s2d_align.data.phantom.report.device_sentence), two wordings per kind
+DEVICE_SENTENCES = {
+    "endotracheal tube": ("An endotracheal tube is in place.", "Endotracheal tube tip is above the carina."),
+    "picc line": ("A right-sided PICC line is in place.", "Right PICC line with tip in the SVC."),
+    "nasogastric tube": ("A nasogastric tube is in place.", "Nasogastric tube courses below the diaphragm."),
+}
+
+
+@torch.inference_mode()
+def device_kind_forced(model, processor, split, batch_size: int = 32) -> dict:
+    """Teacher-forced device kind: each study's reference report with its device sentence put in the same wording
+    of every kind; the kind whose report the model finds most probable (image-only prompt, summed log-probability)
+    is its answer. Free of generation (sentence order, omissions, a shared first word: "A nasogastric" / "A
+    right-sided PICC" against "An endotracheal"), so it tells "the image does not give the kind" from "free
+    generation loses it"."""
+    kinds = list(DEVICE_SENTENCES)
+    candidates, truths, paths = [], [], []
+    for row in split:
+        device = json.loads(row["findings"]).get("device")
+        wording = [i for i in (0, 1) if device and DEVICE_SENTENCES[device["kind"]][i] in row["report"]]
+        if not wording:
+            continue
+        said = DEVICE_SENTENCES[device["kind"]][wording[0]]
+        candidates += [row["report"].replace(said, DEVICE_SENTENCES[k][wording[0]]) for k in kinds]
+        truths.append(device["kind"])
+        paths += [row["image_paths"]] * len(kinds)
+    scores = []
+    for start in range(0, len(candidates), batch_size):
+        batch = processor(images=paths[start: start + batch_size], suffix=candidates[start: start + batch_size])
+        labels = batch.pop("labels")[:, 1:]
+        logp = model(**batch).logits[:, :-1].float().log_softmax(-1)
+        mask = labels != -100
+        token = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        scores += (token * mask).sum(-1).tolist()
+    chosen = [kinds[max(range(len(kinds)), key=lambda k: scores[i * len(kinds) + k])] for i in range(len(truths))]
+    confusion: dict = {}
+    for truth, said in zip(truths, chosen):
+        confusion.setdefault(truth, {}).setdefault(said, 0)
+        confusion[truth][said] += 1
+    correct = sum(t == c for t, c in zip(truths, chosen))
+    return {"correct": correct, "total": len(truths), "accuracy": round(correct / max(len(truths), 1), 3),
+            "confusion": confusion}
+
+
 def main(argv=None) -> dict:
     from s2d_align.generation import generate_reports, load_model
     from s2d_align.metrics.phantom_attributes import HEADLINE_ROWS, attribute_accuracy
@@ -173,6 +217,10 @@ def main(argv=None) -> dict:
                 **({"test, image + key phrases": side_word_accuracy(model, processor, test, key_phrases=True)}
                    if stage == "s3" else {})}
             print(stage, json.dumps(result["side words (teacher-forced)"][stage]), flush=True)
+            result.setdefault("device kind (teacher-forced)", {})[stage] = {
+                "train, image": device_kind_forced(model, processor, train.select(range(min(600, len(train))))),
+                "test, image": device_kind_forced(model, processor, test)}
+            print(stage, json.dumps(result["device kind (teacher-forced)"][stage]), flush=True)
         if args.no_reports:
             continue
         if stage == "base":
@@ -200,6 +248,11 @@ def markdown(result: dict, rows) -> str:
                   "|---|" + "---|" * len(next(iter(words.values())))]
         lines += [f"| {stage} | " + " | ".join(f"{v['correct']}/{v['total']} ({v['accuracy']:.2f})"
                                                for v in cells.values()) + " |" for stage, cells in words.items()]
+    kinds = result.get("device kind (teacher-forced)") or {}
+    if kinds:
+        lines += ["", "| device kind, teacher-forced | train, image | test, image |", "|---|---|---|"]
+        lines += [f"| {stage} | " + " | ".join(f"{v['correct']}/{v['total']} ({v['accuracy']:.2f})"
+                                               for v in cells.values()) + " |" for stage, cells in kinds.items()]
     lines += ["", "| reports | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
     for system, acc in result["attributes"].items():
         lines.append(f"| {system} | " + " | ".join(f"{acc[r]['correct']}/{acc[r]['total']}" for r in rows) + " |")
