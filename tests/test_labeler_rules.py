@@ -173,40 +173,43 @@ def test_heldout_agreement(hand_rows):
     (3927/3976, 98.8%; Lung Lesion 26/37, Edema 28/32, Lung Opacity 96/108, Enlarged Cardiomediastinum 11/13, Support
     Devices 17/19 below 90%). Since round 5 batches 1-4 are DEVELOPMENT data (the round-5 rules were made on them, and one
     batch-4 label was corrected): these are dev figures, 3955/3976 (99.5%), floors at the measured values. The held-out
-    measurement of round 5 is batch 5 (test_fifth_batch_agreement). See s2d_align/metrics/README.md."""
+    measurement of round 5 was batch 5 (test_fifth_batch_agreement). Round 6 (batch 5 made development data too; three
+    batch-3/4 hand labels settled by CheXpert's convention): 3960/3976, Lung Lesion 34/35. See s2d_align/metrics/README.md."""
     agree, total, per = _agreement_table([r for r in hand_rows if r["split"] == "heldout"] + _rows(HAND_BATCH_3)
                                          + _rows(HAND_BATCH_4))
     print(f"batches 1-4, formerly held-out part (dev since round 5): {agree}/{total} = {agree / total:.4f}")
     for obs, (a, n) in per.items():
         print(f"  {obs:28s} {a}/{n}")
-    assert agree >= 3955 and total == 3976
-    _floors(per, {"Lung Lesion": 33 / 36, "Edema": 30 / 32, "Lung Opacity": 101 / 107,
-                  "Enlarged Cardiomediastinum": 12 / 13, "Support Devices": 17 / 18})
+    assert agree >= 3960 and total == 3976
+    _floors(per, {"Lung Lesion": 34 / 35, "Edema": 30 / 32, "Lung Opacity": 101 / 107,
+                  "Enlarged Cardiomediastinum": 12 / 13, "Support Devices": 17 / 18, "No Finding": 113 / 116})
 
 
 def test_fourth_batch_agreement():
     """The fourth batch (Lung Lesion and Edema cells, 42 IU + 22 MIMIC-style sentences, labelled by hand and committed
     (b7df576) before the rules, frozen since batch 3, scored it once): then 872/896 labels (97.3%), Lung Lesion 19/26.
     Development data since round 5 (rules made on it; "No new nodules" corrected to Lung Lesion -1): 892/896, Lung Lesion
-    24/25, Edema 21/21, Lung Opacity 9/10, No Finding 18/19 (measured floors)."""
+    24/25, Edema 21/21, Lung Opacity 9/10, No Finding 18/19. Round 6 ('not well-seen' settled as uncertain): 894/896,
+    Lung Lesion 25/25, No Finding 18/18 (measured floors)."""
     rows = _rows(HAND_BATCH_4)
     assert len(rows) == 64
     agree, total, per = _agreement_table(rows)
-    assert agree >= 892
+    assert agree >= 894
     assert per["Lung Lesion"][1] >= 25 and per["Edema"][1] >= 20
-    _floors(per, {"Lung Lesion": 24 / 25, "Edema": 21 / 21, "Lung Opacity": 9 / 10, "No Finding": 18 / 19})
+    _floors(per, {"Lung Lesion": 25 / 25, "Edema": 21 / 21, "Lung Opacity": 9 / 10, "No Finding": 18 / 18})
 
 
 def test_third_batch_agreement():
     """The third batch (Lung Opacity sentences, labelled by hand and committed before it was scored, declared beforehand
     the last measurement of its round): then 859/868 labels (99.0%), Lung Opacity 49/52 (94.2%). Development data since
-    round 5: 862/868, Lung Opacity 51/52 (measured floors)."""
+    round 5: 862/868, Lung Opacity 51/52. Round 6 (the two 'likely' labels settled as positive): 865/868 (measured
+    floors)."""
     rows = _rows(HAND_BATCH_3)
     assert len(rows) == 62
     agree, total, per = _agreement_table(rows)
-    assert agree >= 862
+    assert agree >= 865
     assert per["Lung Opacity"][1] >= 50
-    _floors(per, {"Lung Opacity": 51 / 52, "Atelectasis": 10 / 11, "Pleural Effusion": 10 / 11})
+    _floors(per, {"Lung Opacity": 51 / 52, "Atelectasis": 11 / 11, "Pleural Effusion": 11 / 11, "No Finding": 22 / 23})
 
 
 HAND_BATCH_5 = Path(__file__).parent / "fixtures" / "labeler_hand_labels_batch5.jsonl"
@@ -217,15 +220,17 @@ def test_fifth_batch_agreement():
     the labeler ran on them, rules frozen at that commit, scored once: 1221/1232 labels (99.1%); Lung Opacity 18/19,
     Lung Lesion 16/16, Edema 15/15, Cardiomegaly 12/12, Pleural Effusion 12/12, No Finding 36/40 (90.0%), but Enlarged
     Cardiomediastinum 11/15 (73.3%) and Support Devices 13/15 (86.7%) miss the issue's 90%: their floors are the
-    measured ones (the target is NOT met for them). See s2d_align/metrics/README.md, "Fifth batch"."""
+    measured ones (the target is NOT met for them). See s2d_align/metrics/README.md, "Fifth batch".
+    Development data since round 6 (the round-6 rules were made on its misses): 1231/1232, every observation with 10+
+    labels at 100% but No Finding 37/38 (the one miss is IU's typo "reflex" for "reflects")."""
     rows = _rows(HAND_BATCH_5)
     assert len(rows) == 88 and all(r["split"] == "heldout" for r in rows)
     assert sum(r["source"] == "iu_xray" for r in rows) == 60
     agree, total, per = _agreement_table(rows)
-    assert agree >= 1221 and total == 1232
+    assert agree >= 1231 and total == 1232
     for obs in ("Enlarged Cardiomediastinum", "Lung Opacity", "Lung Lesion", "Edema", "Support Devices", "No Finding"):
         assert per[obs][1] >= 10, obs
-    _floors(per, {"Enlarged Cardiomediastinum": 11 / 15, "Support Devices": 13 / 15})
+    _floors(per, {obs: 1.0 for obs in OBSERVATIONS[:-1]} | {"No Finding": 37 / 38})
 
 
 def test_fifth_batch_is_the_selection_scripts_draw():
@@ -387,4 +392,39 @@ def test_round_5_rules(text, expected):
     got = label_report(text)
     assert {o: got[o] for o in expected} == expected
     # everything not named is blank, except No Finding, which is only named when asked about
+    assert all(got[o] is None for o in OBSERVATIONS if o not in expected and o != "No Finding")
+
+
+@pytest.mark.parametrize("text, expected", [
+    # round 6 (batch 5 as development data): one sentence per rule class, each failing before its rule
+    # positional: "overlying (the)" / "surrounding (the)" locate, as CheXpert's "over the" (its "overly the" never
+    # matches "overlying the")
+    ("Surgical clips overlying the superior mediastinum.", {"Support Devices": 1, "No Finding": 1}),
+    ("Pacer leads overlying the right heart.", {"Support Devices": 1, "No Finding": 1}),
+    # a hedged explanation by how the film was taken doubts the finding
+    ("The heart appears enlarged, which may reflect AP technique.", {"Cardiomegaly": -1}),
+    # bone explains a lung finding away ("likely"/a lone XXXX states it: no label); the callus itself is a finding
+    ("Nodular opacity over the left 5th rib XXXX represents a healing rib fracture.",
+     {"Fracture": 1, "No Finding": None}),
+    ("Focal opacity in the left midlung XXXX represents healing rib callus.", {"No Finding": None}),
+    # "likely" is no hedge (CheXpert's convention)
+    ("Density at the right base likely represents overlapping soft tissue.", {"No Finding": 1}),
+    # a stated shape abnormality is read in a clause with masked XXXX words
+    ("Lobulated mediastinal contour, XXXX lymphadenopathy.", {"Enlarged Cardiomediastinum": 1, "No Finding": None}),
+    # "normal" after a transitive verb is said of its object, not of the device before the verb
+    ("Chest with overlying ECG leads shows normal heart size.", {"Support Devices": 1, "Cardiomegaly": 0,
+                                                                 "No Finding": 1}),
+    # anatomic lines are no device (CheXpert's "_line_" matches them)
+    ("Small opacity lateral to the midclavicular line.", {"Lung Opacity": 1}),
+    ("No visceral pleural line to suggest pneumothorax.", {"Pneumothorax": 0, "No Finding": 1}),
+    # "otherwise" before a new subject ends a backward negation's reach; as the predicate's adverb it does not (the
+    # second sentence passed before too: it guards the rule's limit)
+    ("Tortuous aorta, otherwise heart and mediastinum are normal.",
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "No Finding": None}),
+    ("The heart and mediastinum are otherwise normal.",
+     {"Cardiomegaly": 0, "Enlarged Cardiomediastinum": 0, "No Finding": 1}),
+])
+def test_round_6_rules(text, expected):
+    got = label_report(text)
+    assert {o: got[o] for o in expected} == expected
     assert all(got[o] is None for o in OBSERVATIONS if o not in expected and o != "No Finding")

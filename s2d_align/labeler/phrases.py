@@ -66,7 +66,9 @@ EXTRA_MENTIONS: dict[str, tuple[str, ...]] = {
                    r"osteochondroma", r"\b(?:lung|pulmonary) disease", r"\binjur", r"shrapnel",
                    # a lesion of unnamed kind and a malignancy are findings, though not CheXpert's Lung Lesion
                    # (its list has "cavitary lesion", "mass", "nodule", "neoplasm", not these)
-                   r"\blesions?\b", r"malignan"),
+                   r"\blesions?\b", r"malignan",
+                   # a rib's callus is a healing fracture (round 6: an opacity "represents healing rib callus")
+                   r"\bcallus"),
 }
 # Regexes, matched like the mentions; a mention overlapping one is dropped.
 EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
@@ -77,7 +79,11 @@ EXTRA_UNMENTIONS: dict[str, tuple[str, ...]] = {
                         r"calcifi\w* (?:\w+ ){0,5}valve", r"valve calcifi\w*", r"\bclipped\b",
                         # CheXpert's list has "marker": a nipple or skin marker is taped on for the picture,
                         # no support device
-                        r"\b(?:nipple|skin|bb) markers?"),
+                        r"\b(?:nipple|skin|bb) markers?",
+                        # CheXpert's "_line_" also matches anatomy: reference lines of the chest and the pleural line
+                        # of a pneumothorax are no device ("near the midclavicular line")
+                        r"\b(?:mid-?clavicular|mid-?axillary|anterior axillary|posterior axillary|paraspinal|"
+                        r"paravertebral|paratracheal|(?:visceral )?pleural|junction|azygo-?esophageal|skin) lines?\b"),
     # a rib's "contour" is bone, not the cardiomediastinal contour; a ventricle's is the heart's
     "Enlarged Cardiomediastinum": (r"rib contour", r"contour irregularit", r"contour deformit",
                                    r"ventricular contour",
@@ -130,7 +136,11 @@ def _read_phrases(kind: str) -> dict[str, list[str]]:
 
 def _positional_unmentions(mentions: dict[str, list[str]]) -> dict[str, list[str]]:
     """As chexpert-labeler's ``add_unmention_phrases``: "over the heart" is not Cardiomegaly."""
-    positions = [a + b for a in ("over the", "overly the", "in the")
+    # "overlying (the)" and "surrounding (the)" are ours: CheXpert's "overly the" never matches
+    # "overlying the" ("Catheter overlying the right mediastinum", "clips overlying the superior mediastinum" locate a
+    # device), and a density "surrounding superior mediastinum" is located by it too
+    positions = [a + b for a in ("over the", "overly the", "in the", "overlying the", "overlying", "surrounding the",
+                                 "surrounding")
                  for b in ("", " superior", " left", " right")]
     cardio = [p + " " + m.replace("the ", "") for p in positions for m in mentions["Cardiomegaly"]
               if m not in ("cardiomegaly", "cardiac enlargement")]
