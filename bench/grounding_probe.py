@@ -141,14 +141,6 @@ def side_word_accuracy(model, processor, split, key_phrases: bool = False, batch
     return {"correct": correct, "total": total, "accuracy": round(correct / max(total, 1), 3), "words": words}
 
 
-# the phantom's device sentences (s2d_align.data.phantom.report.device_sentence), two wordings per kind
-DEVICE_SENTENCES = {
-    "endotracheal tube": ("An endotracheal tube is in place.", "Endotracheal tube tip is above the carina."),
-    "picc line": ("A right-sided PICC line is in place.", "Right PICC line with tip in the SVC."),
-    "nasogastric tube": ("A nasogastric tube is in place.", "Nasogastric tube courses below the diaphragm."),
-}
-
-
 @torch.inference_mode()
 def device_kind_forced(model, processor, split, batch_size: int = 32) -> dict:
     """Teacher-forced device kind: each study's reference report with its device sentence put in the same wording
@@ -156,6 +148,8 @@ def device_kind_forced(model, processor, split, batch_size: int = 32) -> dict:
     is its answer. Free of generation (sentence order, omissions, a shared first word: "A nasogastric" / "A
     right-sided PICC" against "An endotracheal"), so it tells "the image does not give the kind" from "free
     generation loses it"."""
+    from s2d_align.data.phantom.report import DEVICE_SENTENCES
+
     kinds = list(DEVICE_SENTENCES)
     candidates, truths, paths = [], [], []
     for row in split:

@@ -67,13 +67,13 @@ SUITES["crossed"] = {"sma+demo": (FREE32, DEMO_STAGES), "sma+rrg24": (FREE32, RR
                      "llava+demo": (LLAVA, DEMO_STAGES), "llava+rrg24": (LLAVA, RRG24_STAGES)}
 # issue 14: the memory adapter's queries laid on the patch grid (`memory_spatial_prior: grid`), at N_mem 32 and at
 # the paper's 64, with the demo's curriculum (the second is today's demo)
-SUITES["grid"] = {"sma+grid": ({"memory_spatial_prior": "grid", "num_memory_queries": 32}, DEMO_STAGES),
-                  "sma+grid, N_mem 64": ({"memory_spatial_prior": "grid", "num_memory_queries": 64}, DEMO_STAGES)}
+GRID32 = {"memory_spatial_prior": "grid", "num_memory_queries": 32}
+SUITES["grid"] = {"sma+grid": (GRID32, DEMO_STAGES),
+                  "sma+grid, N_mem 64": ({**GRID32, "num_memory_queries": 64}, DEMO_STAGES)}
 # issue 14, device kind: the trained image adapter keeps less of the tube's course than a random one (probe on Z_v
 # 0.79-0.85 after s1-s3 against 0.93 at initialisation, frozen patches 1.00): does a sharper grid prior (each query
 # reading its own cell, less free to follow content elsewhere) keep it?
-SUITES["grid_sigma"] = {f"sma+grid, sigma {sigma}": ({"memory_spatial_prior": "grid", "num_memory_queries": 32,
-                                                       "memory_spatial_prior_sigma": sigma}, DEMO_STAGES)
+SUITES["grid_sigma"] = {f"sma+grid, sigma {sigma}": ({**GRID32, "memory_spatial_prior_sigma": sigma}, DEMO_STAGES)
                         for sigma in (0.25, 0.5, 2.0)}
 # ... and with more of stages 2-3 on the image alone (the inference condition; the demo's 0.7 -> 0.9)
 SUITES["grid_sigma"]["sma+grid, sigma 0.25, dropout 0.9"] = (
@@ -81,7 +81,6 @@ SUITES["grid_sigma"]["sma+grid, sigma 0.25, dropout 0.9"] = (
 # issue 14, device kind underfit (teacher-forced kind 0.79 on training studies, frozen patches 1.00): two more epochs
 # of stage 1 (the adapter alone, the cheapest stage), or no sine-cosine patch code (with the grid each query already
 # has its place; the code may drown the thin tube in the adapter's input)
-GRID32 = {"memory_spatial_prior": "grid", "num_memory_queries": 32}
 SUITES["device"] = {"sma+grid, s1 6": (GRID32, [("s1", 6 / 9), ("s2", 3 / 9), ("s3", 2 / 9)]),
                     "sma+grid, no sincos2d": ({**GRID32, "image_position_embedding": "none"}, DEMO_STAGES)}
 # both ablation tables in one run: Table 4's `sma` row is Table 3's `s1,s2,s3` row (same connector and curriculum)

@@ -98,16 +98,19 @@ def effusion_text(eff: dict, rng: np.random.Generator) -> str:
                        f"A {size} {side}-sided pleural effusion is present."])
 
 
+# the wordings of each device kind (bench/grounding_probe.py swaps them to test the kind teacher-forced)
+DEVICE_SENTENCES = {
+    "endotracheal tube": ["An endotracheal tube is in place.", "Endotracheal tube tip is above the carina."],
+    "picc line": ["A right-sided PICC line is in place.", "Right PICC line with tip in the SVC."],
+    "nasogastric tube": ["A nasogastric tube is in place.", "Nasogastric tube courses below the diaphragm."],
+}
+
+
 def device_sentence(f: dict, rng: np.random.Generator) -> Sentence | None:
     device = f["device"]
     if device is None:
         return None
-    variants = {
-        "endotracheal tube": ["An endotracheal tube is in place.", "Endotracheal tube tip is above the carina."],
-        "picc line": ["A right-sided PICC line is in place.", "Right PICC line with tip in the SVC."],
-        "nasogastric tube": ["A nasogastric tube is in place.", "Nasogastric tube courses below the diaphragm."],
-    }[device["kind"]]
-    return _pick(rng, variants), {"Support Devices": 1}
+    return _pick(rng, DEVICE_SENTENCES[device["kind"]]), {"Support Devices": 1}
 
 
 def bone_sentence(f: dict, rng: np.random.Generator) -> Sentence | None:
